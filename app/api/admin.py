@@ -1,0 +1,72 @@
+"""The admin API behind a bearer token, and the admin page that uses it."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from app.api.problems import Problem, validation_problem
+from app.api.validation import read_json_body
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+PAGE = Path(__file__).resolve().parent / "static" / "admin.html"
+
+
+def _services() -> Any:
+    return current_app.extensions["orderflow"]
+
+
+def _json(status: int, payload: object) -> Response:
+    return Response(json.dumps(payload), status=status, mimetype="application/json")
+
+
+@bp.before_request
+def require_token() -> None:
+    if request.endpoint == "admin.page":
+        return
+    token: str | None = _services().settings.admin_token
+    if not token:
+        # Never open: without a configured token the admin API is closed, not unprotected.
+        raise Problem(503, "Admin API disabled", "No admin token is configured (ADMIN_TOKEN).",
+                      slug="admin-disabled")
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise Problem(401, "Unauthorized", "Send the admin token as 'Authorization: Bearer <token>'.",
+                      slug="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="orderflow-admin"'})
+
+
+@bp.get("/")
+def page() -> Response:
+    try:
+        html = PAGE.read_text(encoding="utf-8")
+    except OSError:
+        html = "<!doctype html><title>OrderFlow admin</title><p>The admin page is not installed.</p>"
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:"
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/flags")
+def list_flags() -> Response:
+    return _json(200, {"flags": [f.to_dict() for f in _services().flags.all()]})
+
+
+@bp.put("/flags/<name>")
+def set_flag(name: str) -> Response:
+    document = read_json_body(request)
+    if not isinstance(document, dict) or not isinstance(document.get("enabled"), bool):
+        raise validation_problem([{"field": "enabled", "message": "must be true or false"}])
+    flag = _services().flags.set(name, enabled=document["enabled"], by="admin-api")
+    if flag is None:
+        raise Problem(404, "Unknown flag", f"There is no flag {name!r}.", slug="not-found")
+    return _json(200, flag.to_dict())

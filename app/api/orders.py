@@ -1,0 +1,166 @@
+"""Order, product and inventory routes: parse, call a service, map the result to HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, current_app, request
+
+from app.adapters import repository as repo
+from app.adapters.db import read
+from app.adapters.repository import StoredResponse
+from app.api.problems import Problem, validation_problem
+from app.api.validation import (
+    MAX_ID,
+    canonical_fingerprint,
+    parse_idempotency_key,
+    parse_order,
+    read_json_body,
+)
+from app.domain import Order, OrderStatus, OutOfStock, PaymentDeclined, UnknownProduct
+from app.services import ordering
+from app.services.idempotency import KeyInUse, KeyReused, Replayed
+from app.services.ordering import PlaceOrder
+
+bp = Blueprint("orders", __name__)
+
+
+def _services():  # type: ignore[no-untyped-def]
+    return current_app.extensions["orderflow"]
+
+
+def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(payload), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+@bp.post("/api/orders")
+def place_order() -> Response:
+    started = time.monotonic()
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    document = read_json_body(request)
+    order_request = parse_order(document)
+    services = _services()
+    command = PlaceOrder(order_request.customer_id, order_request.lines, order_request.currency)
+
+    def produce() -> StoredResponse:
+        return _placement_response(services.placement, command, started)
+
+    if key is None:
+        return _stored_to_response(produce())
+    try:
+        outcome = services.idempotency.run(key, canonical_fingerprint(document), produce)
+    except KeyReused:
+        raise Problem(
+            409, "Idempotency key reused", "This Idempotency-Key was used with a different request body.",
+            slug="idempotency-key-reused",
+        ) from None
+    except KeyInUse:
+        raise Problem(
+            409, "Idempotency key in use", "A request with this Idempotency-Key is still being processed.",
+            slug="idempotency-key-in-use", headers={"Retry-After": "1"},
+        ) from None
+    if isinstance(outcome, Replayed):
+        response = _stored_to_response(outcome.response)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    return _stored_to_response(outcome)
+
+
+def _stored_to_response(stored: StoredResponse) -> Response:
+    content_type = stored.headers.get("Content-Type", "application/json")
+    response = Response(stored.body, status=stored.status, content_type=content_type)
+    for name, value in stored.headers.items():
+        if name != "Content-Type":
+            response.headers[name] = value
+    return response
+
+
+def _placement_response(placement: ordering.OrderPlacement, command: PlaceOrder, started: float) -> StoredResponse:
+    """Runs the placement and renders the outcome the way it is stored for replays."""
+    try:
+        order = placement.place(command, started=started)
+    except UnknownProduct as exc:
+        return _stored_problem(Problem(422, "Unknown product", str(exc), slug="unknown-product",
+                                       product_ids=exc.product_ids))
+    except OutOfStock as exc:
+        shortages = [{"product_id": pid, "requested": req, "available": avail}
+                     for pid, (req, avail) in sorted(exc.shortages.items())]
+        return _stored_problem(Problem(422, "Out of stock", str(exc), slug="out-of-stock", shortages=shortages))
+    except PaymentDeclined as exc:
+        return _stored_problem(
+            Problem(402, "Payment declined", "The payment was declined; the order was not placed.",
+                    slug="payment-declined", order_id=exc.order.id,
+                    headers={"Location": f"/api/orders/{exc.order.id}"})
+        )
+    return StoredResponse(
+        201,
+        json.dumps(order.to_dict()),
+        {"Content-Type": "application/json", "Location": f"/api/orders/{order.id}"},
+    )
+
+
+def _stored_problem(problem: Problem) -> StoredResponse:
+    return StoredResponse(
+        problem.status, json.dumps(problem.body()), {"Content-Type": "application/problem+json", **problem.headers}
+    )
+
+
+@bp.get("/api/orders/<order_id>")
+def get_order(order_id: str) -> Response:
+    order = ordering.get_order(_services().engine, order_id) if len(order_id) <= 40 else None
+    if order is None:
+        raise Problem(404, "Order not found", f"There is no order {order_id!r}.", slug="not-found")
+    return _json(200, order.to_dict())
+
+
+@bp.get("/api/orders")
+def list_orders() -> Response:
+    errors = []
+    status: OrderStatus | None = None
+    raw_status = request.args.get("status")
+    if raw_status is not None:
+        try:
+            status = OrderStatus(raw_status)
+        except ValueError:
+            errors.append({"field": "status", "message": "must be one of " + ", ".join(s.value for s in OrderStatus)})
+    limit = 50
+    raw_limit = request.args.get("limit")
+    if raw_limit is not None:
+        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+            errors.append({"field": "limit", "message": "must be an integer between 1 and 500"})
+        else:
+            limit = int(raw_limit)
+    if errors:
+        raise validation_problem(errors, "The query is not valid.")
+    orders: list[Order] = ordering.list_orders(_services().engine, status=status, limit=limit)
+    return _json(200, {"items": [o.to_dict() for o in orders]})
+
+
+@bp.get("/api/products")
+def list_products() -> Response:
+    with read(_services().engine) as conn:
+        products = repo.list_products(conn)
+    return _json(200, {"items": [{"id": p.id, "name": p.name, "unit_price": str(p.unit_price)} for p in products]})
+
+
+@bp.get("/api/inventory/<product_id>")
+def inventory_level(product_id: str) -> Response:
+    if not product_id.isascii() or not product_id.isdigit() or not 1 <= int(product_id) <= MAX_ID:
+        raise Problem(404, "Unknown product", f"There is no product {product_id!r}.", slug="unknown-product")
+    pid = int(product_id)
+    services = _services()
+    with read(services.engine) as conn:
+        known = repo.products_by_id(conn, [pid])
+    if pid not in known:
+        raise Problem(404, "Unknown product", f"There is no product {pid}.", slug="unknown-product")
+    level = services.inventory.level(pid)
+    if level.available is None:
+        raise Problem(
+            503, "Inventory unavailable", "Neither the inventory service nor the cache could answer.",
+            slug="inventory-unavailable", headers={"Retry-After": "5"},
+        )
+    return _json(200, {"product_id": pid, "available": level.available, "source": str(level.source)})

@@ -1,0 +1,99 @@
+"""The one composition root: builds engines, clients, pipelines and services for a process."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, text
+
+from app.config import Settings
+from app.services.flags import FlagService
+from app.services.idempotency import IdempotencyStore
+from app.services.ordering import OrderPlacement
+from app.services.readiness import Readiness
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis
+    flags: FlagService
+    placement: OrderPlacement
+    idempotency: IdempotencyStore
+    inventory: Any
+    payments: Any
+    readiness: Readiness
+    extra: dict[str, Any]
+
+
+def bootstrap(settings: Settings, **overrides: Any) -> Services:
+    from app.adapters.db import make_engine
+    from app.resilience.config import load_policies
+
+    policies = overrides.pop("policies", None) or load_policies(settings.resilience_file)
+    engine: Engine = overrides.pop("engine", None) or make_engine(
+        settings.database_url, schema=settings.database_schema
+    )
+    redis_client = overrides.pop("redis", None) or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    flags = overrides.pop("flags", None) or FlagService(engine)
+    dependencies = overrides.pop("dependencies", None) or _dependencies(settings, policies, redis_client, flags)
+    inventory = dependencies["inventory"]
+    payments = dependencies["payments"]
+    publisher = dependencies["publisher"]
+    placement = OrderPlacement(
+        engine=engine,
+        inventory=inventory,
+        payments=payments,
+        flags=flags,
+        publisher=publisher,
+        request_deadline=policies.api.request_deadline,
+        inventory_total_timeout=policies.dependencies["inventory"].total_timeout,
+        monotonic=time.monotonic,
+    )
+    idempotency = IdempotencyStore(engine, lock_for=timedelta(seconds=policies.api.request_deadline + 1.0))
+    checks = {"database": _database_check(engine), "broker": _redis_check(redis_client)}
+    checks.update(dependencies.get("checks", {}))
+    readiness = Readiness(checks)
+    if overrides:
+        raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
+    return Services(
+        settings=settings, engine=engine, redis=redis_client, flags=flags, placement=placement,
+        idempotency=idempotency, inventory=inventory, payments=payments, readiness=readiness,
+        extra={"policies": policies, **dependencies},
+    )
+
+
+def _dependencies(settings: Settings, policies: Any, redis_client: redis.Redis, flags: FlagService) -> dict[str, Any]:
+    from app.adapters.dependencies import build_dependencies
+
+    return build_dependencies(settings, policies, redis_client, flags)
+
+
+def _database_check(engine: Engine) -> Any:
+    def check() -> str | None:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return f"database unreachable: {type(exc).__name__}"
+        return None
+
+    return check
+
+
+def _redis_check(client: redis.Redis) -> Any:
+    def check() -> str | None:
+        try:
+            client.ping()
+        except Exception as exc:
+            return f"broker unreachable: {type(exc).__name__}"
+        return None
+
+    return check

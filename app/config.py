@@ -1,0 +1,89 @@
+"""One Settings object, read from the environment (all optional) once per process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot start with; the message names the variable."""
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: not a port number: {raw!r}") from None
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"{name}: not a port number: {raw!r}")
+    return value
+
+
+def _admin_token(env: Mapping[str, str]) -> str | None:
+    token = env.get("ADMIN_TOKEN")
+    if token:
+        return token
+    token_file = Path(env.get("ORDERFLOW_VAR", str(VAR))) / "admin-token"
+    try:
+        stored = token_file.read_text().strip()
+    except OSError:
+        return None
+    return stored or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = f"sqlite:///{VAR / 'orderflow.db'}"
+    database_schema: str | None = None
+    redis_url: str = f"unix://{VAR / 'redis.sock'}"
+    redis_prefix: str = "orderflow"
+    admin_token: str | None = None
+    resilience_file: Path = ROOT / "resilience.toml"
+    payment_url: str = "http://127.0.0.1:19101"
+    inventory_url: str = "http://127.0.0.1:19102"
+    notification_url: str = "http://127.0.0.1:19103"
+    api_port: int = 8000
+    chaos_port: int = 8474
+    worker_metrics_port: int = 9808
+    # How often the outbox relay looks for due jobs, and how long a claimed job is leased.
+    relay_interval: float = 0.5
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            database_url=env.get("DATABASE_URL") or defaults.database_url,
+            database_schema=env.get("DATABASE_SCHEMA") or None,
+            redis_url=env.get("REDIS_URL") or defaults.redis_url,
+            redis_prefix=env.get("ORDERFLOW_REDIS_PREFIX") or defaults.redis_prefix,
+            admin_token=_admin_token(env),
+            resilience_file=Path(env.get("RESILIENCE_FILE") or defaults.resilience_file),
+            payment_url=(env.get("PAYMENT_URL") or defaults.payment_url).rstrip("/"),
+            inventory_url=(env.get("INVENTORY_URL") or defaults.inventory_url).rstrip("/"),
+            notification_url=(env.get("NOTIFICATION_URL") or defaults.notification_url).rstrip("/"),
+            api_port=_port(env, "API_PORT", defaults.api_port),
+            chaos_port=_port(env, "CHAOS_PORT", defaults.chaos_port),
+            worker_metrics_port=_port(env, "WORKER_METRICS_PORT", defaults.worker_metrics_port),
+            relay_interval=float(env.get("ORDERFLOW_RELAY_INTERVAL") or defaults.relay_interval),
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def celery_broker_url(redis_url: str) -> str:
+    """Kombu spells a Redis unix socket `redis+socket://`; redis-py spells it `unix://`."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url[len("unix://"):]
+    return redis_url
