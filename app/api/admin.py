@@ -26,9 +26,13 @@ def _json(status: int, payload: object) -> Response:
 
 
 @bp.before_request
+def _admin_routes_need_the_token() -> None:
+    if request.endpoint != "admin.page":
+        require_token()
+
+
 def require_token() -> None:
-    if request.endpoint == "admin.page":
-        return
+    """Every admin data route calls this first (blueprints of other admin routes register it too)."""
     token: str | None = _services().settings.admin_token
     if not token:
         # Never open: without a configured token the admin API is closed, not unprotected.

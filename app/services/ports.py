@@ -39,6 +39,21 @@ class PaymentGateway(Protocol):
     ) -> CaptureResult: ...
 
 
+class JobPaymentGateway(PaymentGateway, Protocol):
+    """The workers' side of the payment service: the same shared circuit, their own attempt timeout."""
+
+    def circuit_break_until(self) -> float | None:
+        """Unix time when calls may resume if the circuit is open or isolated now, else None."""
+
+    def lookup_captures(self, order_id: str, *, deadline: float) -> list[dict[str, object]] | None:
+        """Every capture the payment service's ledger holds for the order; None when it could not be asked."""
+
+
+class NotificationSender(Protocol):
+    def send(self, *, order_id: str, kind: str, deadline: float) -> bool:
+        """True when the notification service accepted it (best effort: never raises)."""
+
+
 class FlagReader(Protocol):
     def is_enabled(self, name: str) -> bool: ...
 

