@@ -75,6 +75,12 @@ def test_application_processes_reach_dependencies_through_toxiproxy(
     assert env["NOTIFICATION_URL"] == "http://toxiproxy:19103"
 
 
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_multiprocess_metrics_start_empty_in_each_container(services: dict[str, Any], name: str) -> None:
+    directory = services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert directory in services[name]["tmpfs"]
+
+
 @pytest.mark.parametrize(("kind", "port"), sorted(SIMULATORS.items()))
 def test_simulators_listen_on_their_contract_ports(services: dict[str, Any], kind: str, port: int) -> None:
     simulator = services[f"{kind}-sim"]
