@@ -1,0 +1,144 @@
+"""Hostile and malformed requests: each gets a 4xx problem, none stores an order, none gets a 500."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.conftest import Stack
+
+GOOD_LINE = {"product_id": 1, "quantity": 1}
+
+BAD_BODIES: list[tuple[str, object, str]] = [
+    ("array body", [], "body"),
+    ("string body", "order", "body"),
+    ("null body", None, "body"),
+    ("missing customer", {"lines": [GOOD_LINE]}, "customer_id"),
+    ("customer zero", {"customer_id": 0, "lines": [GOOD_LINE]}, "customer_id"),
+    ("customer too big", {"customer_id": 2_147_483_648, "lines": [GOOD_LINE]}, "customer_id"),
+    ("customer negative", {"customer_id": -5, "lines": [GOOD_LINE]}, "customer_id"),
+    ("customer bool", {"customer_id": True, "lines": [GOOD_LINE]}, "customer_id"),
+    ("customer float", {"customer_id": 1.0, "lines": [GOOD_LINE]}, "customer_id"),
+    ("customer string", {"customer_id": "1", "lines": [GOOD_LINE]}, "customer_id"),
+    ("customer huge", {"customer_id": 10**40, "lines": [GOOD_LINE]}, "customer_id"),
+    ("no lines", {"customer_id": 1, "lines": []}, "lines"),
+    ("lines not list", {"customer_id": 1, "lines": {"0": GOOD_LINE}}, "lines"),
+    ("101 lines", {"customer_id": 1, "lines": [GOOD_LINE] * 101}, "lines"),
+    ("line not object", {"customer_id": 1, "lines": [1]}, "lines[0]"),
+    ("product zero", {"customer_id": 1, "lines": [{"product_id": 0, "quantity": 1}]}, "lines[0].product_id"),
+    ("product bool", {"customer_id": 1, "lines": [{"product_id": False, "quantity": 1}]}, "lines[0].product_id"),
+    ("product too big", {"customer_id": 1, "lines": [{"product_id": 2**31, "quantity": 1}]}, "lines[0].product_id"),
+    ("quantity zero", {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 0}]}, "lines[0].quantity"),
+    ("quantity 1001", {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1001}]}, "lines[0].quantity"),
+    ("quantity bool", {"customer_id": 1, "lines": [{"product_id": 1, "quantity": True}]}, "lines[0].quantity"),
+    ("quantity float", {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 2.5}]}, "lines[0].quantity"),
+    ("quantity missing", {"customer_id": 1, "lines": [{"product_id": 1}]}, "lines[0].quantity"),
+    ("second line bad", {"customer_id": 1, "lines": [GOOD_LINE, {"product_id": 1, "quantity": -1}]},
+     "lines[1].quantity"),
+    ("currency EUR", {"customer_id": 1, "lines": [GOOD_LINE], "currency": "EUR"}, "currency"),
+    ("currency lower", {"customer_id": 1, "lines": [GOOD_LINE], "currency": "usd"}, "currency"),
+    ("currency null", {"customer_id": 1, "lines": [GOOD_LINE], "currency": None}, "currency"),
+]
+
+RAW_BODIES: list[tuple[str, bytes]] = [
+    ("empty", b""),
+    ("truncated", b'{"customer_id": 1, "lines": ['),
+    ("trailing garbage", b'{"customer_id": 1} x'),
+    ("NaN", b'{"customer_id": NaN, "lines": []}'),
+    ("Infinity", b'{"customer_id": Infinity, "lines": []}'),
+    ("not utf-8", b'{"customer_id": "\xff\xfe"}'),
+    ("deep nesting", b"[" * 100_00 + b"]" * 100_00),
+    ("huge integer", b'{"customer_id": ' + b"9" * 5000 + b', "lines": []}'),
+    ("lone surrogate", b'{"customer_id": 1, "lines": [], "x": "\\ud800"}'),
+]
+
+
+def _orders(stack: Stack) -> int:
+    return len(stack.client.get("/api/orders?limit=500").get_json()["items"])
+
+
+@pytest.mark.parametrize(("name", "body", "field"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_schema_violations_are_400_naming_the_field(stack: Stack, name: str, body: object, field: str) -> None:
+    before = _orders(stack)
+    response = stack.client.post("/api/orders", data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 400, name
+    problem = response.get_json()
+    assert response.content_type == "application/problem+json"
+    assert {"type", "title", "status", "detail", "errors"} <= problem.keys()
+    assert field in [e["field"] for e in problem["errors"]]
+    assert _orders(stack) == before
+
+
+@pytest.mark.parametrize(("name", "raw"), RAW_BODIES, ids=[b[0] for b in RAW_BODIES])
+def test_malformed_json_is_400_or_a_problem_never_500(stack: Stack, name: str, raw: bytes) -> None:
+    before = _orders(stack)
+    response = stack.client.post("/api/orders", data=raw, content_type="application/json")
+    assert 400 <= response.status_code < 500, name
+    assert response.content_type == "application/problem+json"
+    assert _orders(stack) == before
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "", "application/xml"])
+def test_non_json_media_types_are_415(stack: Stack, content_type: str) -> None:
+    response = stack.client.post("/api/orders", data=b'{"customer_id": 1}', content_type=content_type)
+    assert response.status_code == 415
+
+
+def test_json_with_charset_and_vendor_suffix_are_accepted(stack: Stack) -> None:
+    body = json.dumps({"customer_id": 1, "lines": [GOOD_LINE], "extra": {"ignored": True}})
+    assert stack.client.post("/api/orders", data=body,
+                             content_type="application/json; charset=utf-8").status_code == 201
+    assert stack.client.post("/api/orders", data=body, content_type="application/vnd.api+json").status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/nope"), ("DELETE", "/api/orders"), ("PUT", "/api/orders/x"), ("GET", "/api/inventory/abc"),
+     ("GET", "/api/inventory/0"), ("GET", "/api/inventory/99999999999"), ("GET", "/api/orders/" + "x" * 5000),
+     ("POST", "/api/products")],
+)
+def test_odd_routes_and_methods_are_problems(stack: Stack, method: str, path: str) -> None:
+    response = stack.client.open(path, method=method)
+    assert 400 <= response.status_code < 500
+    assert response.content_type == "application/problem+json"
+
+
+def test_admin_routes_need_the_bearer_token(stack: Stack) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):
+        response = stack.client.get("/admin/flags", headers=headers)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    response = stack.client.put("/admin/flags/RealTimePayments", json={"enabled": False})
+    assert response.status_code == 401
+    assert stack.client.get("/admin/flags", headers=stack.admin()).get_json()["flags"][1]["enabled"] is True
+
+
+def test_admin_page_is_served_without_a_token(stack: Stack) -> None:
+    response = stack.client.get("/admin/")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/html")
+
+
+@pytest.mark.parametrize("body", [{"enabled": "no"}, {"enabled": 0}, {}, [], {"enabled": None}])
+def test_bad_flag_bodies_are_400_and_change_nothing(stack: Stack, body: object) -> None:
+    response = stack.client.put("/admin/flags/Notifications", json=body, headers=stack.admin())
+    assert response.status_code == 400
+    flags = {f["name"]: f for f in stack.client.get("/admin/flags", headers=stack.admin()).get_json()["flags"]}
+    assert flags["Notifications"]["enabled"] is True
+
+
+def test_unknown_flag_is_404(stack: Stack) -> None:
+    assert stack.client.put("/admin/flags/Nope", json={"enabled": True}, headers=stack.admin()).status_code == 404
+
+
+def test_flag_change_is_listed_with_who_and_when(stack: Stack) -> None:
+    response = stack.client.put("/admin/flags/Notifications", json={"enabled": False}, headers=stack.admin())
+    try:
+        assert response.status_code == 200
+        flag = response.get_json()
+        assert flag["name"] == "Notifications" and flag["enabled"] is False
+        assert flag["updated_by"] == "admin-api" and flag["updated_at"].endswith("Z")
+        assert set(flag) == {"name", "enabled", "description", "updated_at", "updated_by"}
+    finally:
+        stack.client.put("/admin/flags/Notifications", json={"enabled": True}, headers=stack.admin())
