@@ -1,0 +1,50 @@
+"""OrderFlow's resilience policies: retry, circuit breaker, timeouts, bulkhead, budget, hedging, fallback.
+
+No web framework, task queue or ORM in here: the policies take clocks, sleeps and randomness as parameters,
+and report every decision as an event to hooks (see `telemetry.py`).
+"""
+
+from .budget import RetryBudget
+from .bulkhead import Bulkhead, BulkheadRejectedError
+from .circuit_breaker import (
+    BrokenCircuitError,
+    CircuitBreaker,
+    CircuitSnapshot,
+    LocalBreakerStore,
+)
+from .config import PolicyFileError, ResilienceConfig, load_policies, parse_policies
+from .fallback import Fallback
+from .hedging import HedgingPolicy
+from .pipeline import Attempt, ResiliencePipeline, build_pipeline
+from .retry import Outcome, RetryPolicy, is_retryable_status
+from .shared_state import RedisBreakerStore
+from .telemetry import LoggingHook, RecordingHook
+from .timeout import AttemptTimeoutError, ResilienceTimeoutError, TotalTimeoutError
+
+__all__ = [
+    "Attempt",
+    "AttemptTimeoutError",
+    "BrokenCircuitError",
+    "Bulkhead",
+    "BulkheadRejectedError",
+    "CircuitBreaker",
+    "CircuitSnapshot",
+    "Fallback",
+    "HedgingPolicy",
+    "LocalBreakerStore",
+    "LoggingHook",
+    "Outcome",
+    "PolicyFileError",
+    "RecordingHook",
+    "RedisBreakerStore",
+    "ResilienceConfig",
+    "ResiliencePipeline",
+    "ResilienceTimeoutError",
+    "RetryBudget",
+    "RetryPolicy",
+    "TotalTimeoutError",
+    "build_pipeline",
+    "is_retryable_status",
+    "load_policies",
+    "parse_policies",
+]
