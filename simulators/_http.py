@@ -108,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             if len(self.raw_requestline) > MAX_LINE:
-                self.command = ""
+                self.requestline = self.command = ""
                 self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
                 return
             if not self.parse_request():
@@ -125,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             parts = urlsplit(self.path)
-        except ValueError:  # e.g. "//[" parses as a broken IPv6 host
+        except ValueError:  # e.g. "http://[x/" names a broken IPv6 host
             self._respond(Response(400, {"error": "malformed request target"}))
             return
         request = Request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -54,6 +55,11 @@ class SimulatorServer:
             if self._stopped:
                 return
             self._stopped = True
+        try:
+            # Wakes the accept loop at once (its select sees the socket shut) instead of at its next poll.
+            self._httpd.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not every platform allows shutting a listening socket; the poll still ends the loop
         self._httpd.shutdown()
         self._httpd.server_close()
         self._httpd.close_connections()
