@@ -125,7 +125,8 @@ def test_every_bad_value_names_its_key(text: str, key: str) -> None:
 
 
 def test_the_message_says_what_is_expected() -> None:
-    with pytest.raises(PolicyFileError, match=r"^dependencies\.payment\.retry\.max_retries: must be an integer >= 0"):
+    expected = r"^dependencies\.payment\.retry\.max_retries: must be an integer >= 0"
+    with pytest.raises(PolicyFileError, match=expected):
         parse_policies("[dependencies.payment]\nretry = { max_retries = -1 }")
 
 
