@@ -1,4 +1,7 @@
-"""Fault controls: the configuration behind ``/faults`` and its injection into business routes."""
+"""Fault controls: the configuration behind ``/faults`` and its injection into business routes.
+
+Every simulator accepts the same configuration; ``fail_after_capture`` only changes the payment simulator.
+"""
 
 from __future__ import annotations
 

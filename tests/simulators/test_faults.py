@@ -143,7 +143,7 @@ def test_a_seeded_error_rate_is_reproducible_and_mixes_outcomes() -> None:
 
 def test_faults_never_touch_health_faults_or_read_and_admin_routes(simulator: SimulatorServer) -> None:
     put_faults(simulator, error_rate=1.0, error_status=500, latency_ms=400)
-    unaffected = [("GET", "/health", None), ("GET", "/faults", None)]
+    unaffected: list[tuple[str, str, object]] = [("GET", "/health", None), ("GET", "/faults", None)]
     if simulator.kind == "payment":
         unaffected.append(("GET", "/payments", None))
     elif simulator.kind == "inventory":

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from simulators import SimulatorServer
+from simulators.inventory import StockLevels
 
 from .client import call, exchange, parse_raw_response, send
 
@@ -43,7 +44,8 @@ def test_put_sets_the_level_that_get_then_reports(inventory: SimulatorServer) ->
     reply = call(inventory, "PUT", "/stock/5", json_body={"available": 3})
     assert (reply.status, reply.body) == (200, {"product_id": 5, "available": 3})
     assert call(inventory, "GET", "/stock/5").body == {"product_id": 5, "available": 3}
-    assert inventory.state.get(5) == 3  # type: ignore[attr-defined]
+    assert isinstance(inventory.state, StockLevels)
+    assert inventory.state.get(5) == 3
 
 
 def test_put_can_empty_a_product_and_stock_a_new_one(inventory: SimulatorServer) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from simulators import SimulatorServer
+from simulators.payment import PaymentLedger
 
 from .client import Reply, call
 
@@ -140,7 +141,8 @@ def test_customer_402_is_declined_and_nothing_is_captured(payment: SimulatorServ
         reply = charge(payment, key=key, customer_id=402)
         assert (reply.status, reply.body) == (402, {"error": "card_declined"})
     assert ledger(payment) == []
-    assert payment.state.declines == 3  # type: ignore[attr-defined]
+    assert isinstance(payment.state, PaymentLedger)
+    assert payment.state.declines == 3
 
 
 def test_the_ledger_lists_captures_per_order_or_all(payment: SimulatorServer) -> None:
