@@ -61,12 +61,13 @@ def bootstrap(settings: Settings, **overrides: Any) -> Services:
     checks = {"database": _database_check(engine), "broker": _redis_check(redis_client)}
     checks.update(dependencies.get("checks", {}))
     readiness = Readiness(checks)
+    fleet = _fleet_collector(engine, dependencies.get("circuits"))
     if overrides:
         raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
     return Services(
         settings=settings, engine=engine, redis=redis_client, flags=flags, placement=placement,
         idempotency=idempotency, inventory=inventory, payments=payments, readiness=readiness,
-        extra={"policies": policies, **dependencies},
+        extra={"policies": policies, "fleet_collector": fleet, **dependencies},
     )
 
 
@@ -97,3 +98,19 @@ def _redis_check(client: redis.Redis) -> Any:
         return None
 
     return check
+
+
+def _fleet_collector(engine: Engine, circuits: Any) -> Any:
+    from app.adapters import repository as repo
+    from app.adapters.db import read
+    from app.metrics import FleetCollector
+
+    def dead_letters() -> int:
+        with read(engine) as conn:
+            return repo.count_unreplayed_dead_letters(conn)
+
+    def backlog() -> int:
+        with read(engine) as conn:
+            return repo.count_payment_backlog(conn)
+
+    return FleetCollector(circuits.states if circuits is not None else dict, dead_letters, backlog)

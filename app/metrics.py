@@ -114,3 +114,25 @@ def mark_process_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+class PrometheusHook:
+    """Turns the resilience policies' events into the contract's metrics."""
+
+    def __call__(self, event: object) -> None:
+        from app.resilience import events as ev
+
+        if isinstance(event, ev.AttemptFinished):
+            HTTP_CLIENT_REQUESTS.labels(event.service, "success" if event.success else "failure").inc()
+        elif isinstance(event, ev.CallFinished):
+            REQUEST_DURATION.labels(event.service, event.outcome).observe(event.duration)
+        elif isinstance(event, ev.RetryScheduled):
+            RETRY_ATTEMPTS.labels(event.service, str(event.attempt)).inc()
+        elif isinstance(event, ev.BreakerTransition):
+            CIRCUIT_STATE_CHANGES.labels(event.service, event.from_state, event.to_state).inc()
+        elif isinstance(event, ev.TimeoutOccurred):
+            TIMEOUTS.labels(event.service, event.kind).inc()
+        elif isinstance(event, ev.BulkheadRejected):
+            BULKHEAD_REJECTIONS.labels(event.service).inc()
+        elif isinstance(event, ev.FallbackExecuted):
+            FALLBACK_EXECUTIONS.labels(event.service).inc()

@@ -286,6 +286,16 @@ def queue_notification(conn: Connection, order_id: str, kind: str, *, now: datet
     )
 
 
+def count_unreplayed_dead_letters(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))
+               .scalar_one())
+
+
+def count_payment_backlog(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(payment_jobs)
+                            .where(payment_jobs.c.state.in_(("pending", "running")))).scalar_one())
+
+
 # --- feature flags ---------------------------------------------------------------------------------
 
 
@@ -397,12 +407,3 @@ def purge_expired_keys(conn: Connection, *, now: datetime) -> int:
     return conn.execute(idempotency_keys.delete().where(idempotency_keys.c.expires_at <= now)).rowcount
 
 
-__all__ = [
-    "AttemptRecord",
-    "Flag",
-    "KeyClaim",
-    "Product",
-    "StoredResponse",
-    "dead_letters",
-    "utc",
-]

@@ -2,11 +2,12 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import admin, health, orders
+    from app.api import admin, health, metrics, orders
 
     app.register_blueprint(orders.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
 
 
 __all__ = ["register_blueprints"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from app.api.problems import Problem, validation_problem
 from app.api.validation import read_json_body
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+log = logging.getLogger("orderflow.admin")
 
 PAGE = Path(__file__).resolve().parent / "static" / "admin.html"
 
@@ -74,3 +76,37 @@ def set_flag(name: str) -> Response:
     if flag is None:
         raise Problem(404, "Unknown flag", f"There is no flag {name!r}.", slug="not-found")
     return _json(200, flag.to_dict())
+
+
+def _circuit(name: str) -> Any:
+    circuits = _services().extra.get("circuits")
+    breaker = circuits.breakers.get(name) if circuits is not None else None
+    if breaker is None:
+        raise Problem(404, "Unknown circuit", f"There is no circuit {name!r}.", slug="not-found")
+    return breaker
+
+
+@bp.get("/circuits")
+def list_circuits() -> Response:
+    circuits = _services().extra.get("circuits")
+    return _json(200, {"circuits": circuits.snapshots() if circuits is not None else []})
+
+
+@bp.post("/circuits/<name>/isolate")
+def isolate_circuit(name: str) -> Response:
+    from app.adapters.dependencies import snapshot_dict
+
+    breaker = _circuit(name)
+    breaker.isolate()
+    log.warning("circuit isolated", extra={"event": "circuit_isolated", "service": name})
+    return _json(200, snapshot_dict(breaker))
+
+
+@bp.post("/circuits/<name>/reset")
+def reset_circuit(name: str) -> Response:
+    from app.adapters.dependencies import snapshot_dict
+
+    breaker = _circuit(name)
+    breaker.reset()
+    log.warning("circuit reset", extra={"event": "circuit_reset", "service": name})
+    return _json(200, snapshot_dict(breaker))

@@ -19,6 +19,7 @@ from app.api.validation import (
     read_json_body,
 )
 from app.domain import Order, OrderStatus, OutOfStock, PaymentDeclined, UnknownProduct
+from app.metrics import ORDERS_CREATED
 from app.services import ordering
 from app.services.idempotency import KeyInUse, KeyReused, Replayed
 from app.services.ordering import PlaceOrder
@@ -91,11 +92,13 @@ def _placement_response(placement: ordering.OrderPlacement, command: PlaceOrder,
                      for pid, (req, avail) in sorted(exc.shortages.items())]
         return _stored_problem(Problem(422, "Out of stock", str(exc), slug="out-of-stock", shortages=shortages))
     except PaymentDeclined as exc:
+        ORDERS_CREATED.labels(str(exc.order.status)).inc()
         return _stored_problem(
             Problem(402, "Payment declined", "The payment was declined; the order was not placed.",
                     slug="payment-declined", order_id=exc.order.id,
                     headers={"Location": f"/api/orders/{exc.order.id}"})
         )
+    ORDERS_CREATED.labels(str(order.status)).inc()
     return StoredResponse(
         201,
         json.dumps(order.to_dict()),

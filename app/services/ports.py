@@ -24,11 +24,14 @@ class InventoryChecker(Protocol):
 class CaptureResult:
     """How one payment call ended, with every HTTP attempt it made."""
 
-    outcome: str  # captured | declined | rejected | failed | not_attempted
+    # captured | declined | rejected (another 4xx) | failed (retryable) |
+    # not_attempted (circuit open or bulkhead full: no HTTP call was made, so no retry is used up)
+    outcome: str
     payment_id: str | None = None
     attempts: tuple[AttemptRecord, ...] = field(default_factory=tuple)
     error: str | None = None
     http_status: int | None = None
+    retry_after: float | None = None  # the service's Retry-After, in seconds, when it sent one
 
 
 class PaymentGateway(Protocol):
