@@ -246,8 +246,10 @@ class _Pool:
         sock.close()
 
     def drain(self) -> list[socket.socket]:
+        """Empty the pool for good: sockets of requests still running are closed when they come back."""
         with self.lock:
             idle, self.idle = self.idle, []
+            self.maxsize = 0
         return idle
 
 
@@ -320,6 +322,8 @@ class HttpTransport:
         params: Mapping[str, str] | None = None,
     ) -> HttpResponse:
         start = time.monotonic()
+        if not math.isfinite(deadline):
+            raise ValueError("deadline must be a finite time.monotonic() value")
         if start >= deadline:
             raise HttpTimeoutError(f"{method} {url}: deadline already passed, nothing sent")
         method = method.upper()

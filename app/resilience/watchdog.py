@@ -39,9 +39,9 @@ class WatchHandle:
 
     __slots__ = ("deadline", "_callback", "_watchdog")
 
-    def __init__(self, deadline: float, callback: Callable[[], None], watchdog: Watchdog) -> None:
+    def __init__(self, deadline: float, callback: Callable[[], object], watchdog: Watchdog) -> None:
         self.deadline = deadline
-        self._callback: Callable[[], None] | None = callback
+        self._callback: Callable[[], object] | None = callback
         self._watchdog = watchdog
 
     def cancel(self) -> bool:
@@ -81,7 +81,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def watch(self, deadline: float, on_expire: Callable[[], None]) -> WatchHandle:
+    def watch(self, deadline: float, on_expire: Callable[[], object]) -> WatchHandle:
         """Call ``on_expire`` once the clock reaches ``deadline``, unless the handle is cancelled first."""
         if self._pid != os.getpid():
             # A fork that bypassed os.register_at_fork (a C extension calling fork()).
@@ -145,7 +145,7 @@ class Watchdog:
     def _run(self) -> None:
         cond, heap, clock = self._cond, self._heap, self._clock
         while True:
-            due: list[Callable[[], None]] = []
+            due: list[Callable[[], object]] = []
             with cond:
                 while True:
                     if self._stopped:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -119,6 +120,15 @@ def test_a_body_trickled_byte_by_byte_times_out_at_the_deadline(
     response = json_response({"padding": "x" * 200})
     server = make_server(default=trickle(response, interval=0.1, head_at_once=True))
     deadline = time.monotonic() + 0.6
+    _expect_timeout_at(deadline, lambda: transport.request("GET", server.url, deadline=deadline))
+
+
+def test_a_slow_trickle_is_cut_at_the_deadline_not_at_the_next_byte(
+    make_server: ServerFactory, transport: HttpTransport
+) -> None:
+    # The next byte would come 0.4 s after the deadline; only the watchdog can end the wait in between.
+    server = make_server(default=trickle(json_response({"ok": True}), interval=0.45))
+    deadline = time.monotonic() + 0.5
     _expect_timeout_at(deadline, lambda: transport.request("GET", server.url, deadline=deadline))
 
 
@@ -297,6 +307,12 @@ def test_pool_maxsize_bounds_idle_connections(make_server: ServerFactory) -> Non
     for _ in range(3):
         transport.request("GET", server.url, deadline=time.monotonic() + 2)
     assert server.accepted == 3
+
+
+@pytest.mark.parametrize("deadline", [math.nan, math.inf])
+def test_a_deadline_must_be_a_finite_time(deadline: float, transport: HttpTransport) -> None:
+    with pytest.raises(ValueError):
+        transport.request("GET", "http://127.0.0.1:9/", deadline=deadline)
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/", "http:///nohost", "not a url"])

@@ -46,7 +46,12 @@ def test_callbacks_run_in_deadline_order_once_the_clock_reaches_them(
     second = threading.Event()
     watchdog.watch(103.0, lambda: fired.append("third"))
     watchdog.watch(101.0, lambda: fired.append("first"))
-    watchdog.watch(102.0, lambda: (fired.append("second"), second.set()))
+
+    def fire_second() -> None:
+        fired.append("second")
+        second.set()
+
+    watchdog.watch(102.0, fire_second)
 
     _advance(watchdog, clock, 102.5)
     _wait_for(second)
@@ -138,7 +143,12 @@ def test_an_earlier_deadline_wakes_a_thread_sleeping_towards_a_later_one() -> No
         fired = threading.Event()
         fired_at: list[float] = []
         deadline = time.monotonic() + 0.1
-        dog.watch(deadline, lambda: (fired_at.append(time.monotonic()), fired.set()))
+
+        def fire() -> None:
+            fired_at.append(time.monotonic())
+            fired.set()
+
+        dog.watch(deadline, fire)
         _wait_for(fired)
         assert deadline <= fired_at[0] <= deadline + 0.05
     finally:
