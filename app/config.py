@@ -8,7 +8,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+
+
+def var_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where `make run` keeps its data: the SQLite file, the Redis socket, the admin token, metrics."""
+    env = os.environ if env is None else env
+    return Path(env.get("ORDERFLOW_VAR") or ROOT / "var")
+
+
+VAR = var_dir()
 
 
 class SettingsError(ValueError):
@@ -32,7 +40,7 @@ def _admin_token(env: Mapping[str, str]) -> str | None:
     token = env.get("ADMIN_TOKEN")
     if token:
         return token
-    token_file = Path(env.get("ORDERFLOW_VAR", str(VAR))) / "admin-token"
+    token_file = var_dir(env) / "admin-token"
     try:
         stored = token_file.read_text().strip()
     except OSError:
@@ -62,10 +70,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
+        var = var_dir(env)
         return cls(
-            database_url=env.get("DATABASE_URL") or defaults.database_url,
+            database_url=env.get("DATABASE_URL") or f"sqlite:///{var / 'orderflow.db'}",
             database_schema=env.get("DATABASE_SCHEMA") or None,
-            redis_url=env.get("REDIS_URL") or defaults.redis_url,
+            redis_url=env.get("REDIS_URL") or f"unix://{var / 'redis.sock'}",
             redis_prefix=env.get("ORDERFLOW_REDIS_PREFIX") or defaults.redis_prefix,
             admin_token=_admin_token(env),
             resilience_file=Path(env.get("RESILIENCE_FILE") or defaults.resilience_file),

