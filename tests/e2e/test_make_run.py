@@ -1,0 +1,84 @@
+"""`make run` end to end: the real supervisor, gunicorn, Celery, chaos proxy and simulators."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.stack import RunningStack, running_stack, stop_stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+def test_a_healthy_stack_confirms_orders_in_real_time(stack: RunningStack) -> None:
+    response = stack.order()
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert order["status"] == "Confirmed"
+    assert response.headers["Location"] == f"/api/orders/{order['id']}"
+    assert len(stack.captures(order["id"])) == 1
+
+
+def test_customer_402_is_declined(stack: RunningStack) -> None:
+    response = stack.order({"customer_id": 402, "lines": [{"product_id": 2, "quantity": 1}]})
+    assert response.status_code == 402
+    assert response.json()["type"].endswith("/payment-declined")
+
+
+def test_flag_off_takes_the_order_pending_and_a_worker_confirms_it(stack: RunningStack) -> None:
+    stack.set_flag("RealTimePayments", False)
+    try:
+        time.sleep(2.1)  # every process obeys a flag change within 2 s
+        started = time.monotonic()
+        response = stack.order()
+        assert time.monotonic() - started < 0.25 + 0.5
+        order = response.json()
+        assert response.status_code == 201 and order["status"] == "PaymentPending"
+        assert order["message"] == "Order created. Payment will be processed shortly."
+    finally:
+        stack.set_flag("RealTimePayments", True)
+    confirmed = stack.wait_for_status(order["id"], "Confirmed", timeout=30)
+    assert confirmed["status"] == "Confirmed", stack.tail()
+    assert confirmed["payment"]["attempts"] == 1
+    assert len(stack.captures(order["id"])) == 1
+
+
+def test_disabling_the_payment_proxy_turns_orders_pending_and_back(stack: RunningStack) -> None:
+    requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": False}, timeout=5).raise_for_status()
+    try:
+        pending = stack.order().json()
+        assert pending["status"] == "PaymentPending"
+    finally:
+        requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": True}, timeout=5).raise_for_status()
+    assert stack.wait_for_status(pending["id"], "Confirmed", timeout=40)["status"] == "Confirmed", stack.tail()
+    assert stack.order().json()["status"] == "Confirmed"
+
+
+def test_api_metrics_aggregate_every_gunicorn_process(stack: RunningStack) -> None:
+    text = requests.get(f"{stack.api}/metrics", timeout=5).text
+    assert "orders_created_total" in text
+    assert "resilience_circuitbreaker_state" in text
+
+
+def test_admin_page_and_readiness(stack: RunningStack) -> None:
+    assert requests.get(f"{stack.api}/admin/", timeout=5).status_code == 200
+    ready = requests.get(f"{stack.api}/health/ready", timeout=5).json()
+    assert ready["status"] == "pass", ready
+
+
+def test_sigterm_stops_every_process_within_10_seconds(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as stack:
+        assert stack.order().status_code == 201
+        elapsed, left = stop_stack(stack, signal.SIGTERM)
+    assert not left, f"still running after stop: {left}"
+    assert elapsed < 10.0
+    assert stack.process.returncode is not None
