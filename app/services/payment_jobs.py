@@ -1,0 +1,225 @@
+"""The worker side of a payment: run one due job from the outbox, decide what happens to its order.
+
+A job is claimed before anything else (pending & due -> running under a lease), so two messages for one job
+never run it twice; a worker killed mid-job leaves a lease that runs out, and the relay hands the job out
+again. Every move of an order is a conditional UPDATE, so the API and a worker never both move one order,
+and the payment service sees the order's derived key on every call, so running a job again never charges
+twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from app.adapters import jobs_repository as jobs
+from app.adapters import repository as repo
+from app.adapters.db import write
+from app.domain import FailureReason, OrderStatus, money
+from app.metrics import PAYMENT_JOBS
+from app.resilience.backoff import full_jitter_delay
+from app.resilience.config import JobsPaymentConfig
+from app.services.ports import CaptureResult, JobPaymentGateway
+
+log = logging.getLogger("orderflow.payment_jobs")
+
+ORDER_CONFIRMED = "order_confirmed"
+# How long past the attempt timeout a claimed job stays leased: covers the database writes around the call
+# and a slow process; after it the relay hands the job to another worker.
+DEFAULT_LEASE_MARGIN = 15.0
+
+
+class DeadLetterAnnouncer(Protocol):
+    def dead_lettered(self, dead_letter_id: int, order_id: str) -> None: ...
+
+
+class _Silent:
+    def dead_lettered(self, dead_letter_id: int, order_id: str) -> None:
+        return None
+
+
+@dataclass
+class PaymentJobRunner:
+    """Everything one job run needs, built once per worker process."""
+
+    engine: Engine
+    gateway: JobPaymentGateway
+    config: JobsPaymentConfig
+    announcer: DeadLetterAnnouncer = field(default_factory=_Silent)
+    lease_margin: float = DEFAULT_LEASE_MARGIN
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    monotonic: Callable[[], float] = time.monotonic
+    rng: Callable[[], float] = random.random
+
+    def retry_delay(self, retries: int, *, retry_after: float | None = None) -> float:
+        """Full jitter over [0, min(backoff_max, backoff_base * 2**retries)]; a Retry-After asks for at least
+        that long, never more than backoff_max."""
+        delay = full_jitter_delay(retries, self.config.backoff_base, self.config.backoff_max, self.rng)
+        if retry_after is not None and retry_after > 0:
+            delay = max(delay, min(retry_after, self.config.backoff_max))
+        return delay
+
+
+def process_payment_job(order_id: str, *, runner: PaymentJobRunner) -> str:
+    """Run the order's payment job if it is due; returns what happened (a `payment_jobs_total` outcome, or
+    `skipped` when there was nothing to run)."""
+    now = runner.now()
+    lease_until = now + timedelta(seconds=runner.config.attempt_timeout + runner.lease_margin)
+    with write(runner.engine) as conn:
+        job = jobs.claim_payment_job(conn, order_id, now=now, lease_until=lease_until, token=uuid.uuid4().hex)
+        if job is None:
+            return _done(order_id, "skipped", "not due, already running or finished")
+        order = repo.get_order(conn, order_id)
+        if order is None or order.status is not OrderStatus.PAYMENT_PENDING:
+            # The real-time path (or an earlier run) already settled the order: nothing left to pay.
+            jobs.finish_payment_job(conn, job, state="done", now=now)
+            return _done(order_id, "skipped", "order already settled")
+
+    break_until = runner.gateway.circuit_break_until()
+    if break_until is not None:
+        return _defer(runner, job, datetime.fromtimestamp(break_until, UTC), "payment circuit open")
+
+    try:
+        result = runner.gateway.capture(
+            order_id=order.id, customer_id=order.customer_id, amount=money(order.total), currency=order.currency,
+            deadline=runner.monotonic() + runner.config.attempt_timeout, source="worker",
+        )
+    except Exception as exc:  # the gateway promises not to raise; a bug there must not strand the job
+        log.exception("payment gateway raised", extra={"event": "payment_gateway_error", "order_id": order_id})
+        result = CaptureResult("failed", error=f"{type(exc).__name__}: {exc}")
+
+    if result.outcome == "not_attempted":
+        # Nothing reached the payment service (circuit opened meanwhile, bulkhead full): not a retry.
+        until = runner.gateway.circuit_break_until()
+        due = (datetime.fromtimestamp(until, UTC) if until is not None
+               else runner.now() + timedelta(seconds=runner.retry_delay(0)))
+        return _defer(runner, job, due, result.error or "payment call not attempted")
+    if result.outcome == "captured":
+        return _settle(runner, job, result, OrderStatus.CONFIRMED, "succeeded", payment_id=result.payment_id)
+    if result.outcome == "declined":
+        return _settle(runner, job, result, OrderStatus.PAYMENT_FAILED, "declined",
+                       failure_reason=FailureReason.DECLINED)
+    if result.outcome == "rejected":
+        return _dead_letter(runner, job, result, FailureReason.REJECTED, "rejected")
+    if job.retries < runner.config.max_retries:
+        return _retry(runner, job, result)
+    return _exhausted(runner, job, result)
+
+
+def _done(order_id: str, outcome: str, detail: str) -> str:
+    if outcome != "skipped":
+        PAYMENT_JOBS.labels(outcome).inc()
+    log.info("payment job %s", outcome, extra={"event": "payment_job", "order_id": order_id, "outcome": outcome,
+                                               "detail": detail})
+    return outcome
+
+
+def _defer(runner: PaymentJobRunner, job: jobs.ClaimedJob, due: datetime, reason: str) -> str:
+    now = runner.now()
+    with write(runner.engine) as conn:
+        jobs.reschedule_payment_job(conn, job, due_at=max(due, now), retries=job.retries, now=now)
+    return _done(job.order_id, "deferred", f"{reason}; due {max(due, now).isoformat()}")
+
+
+def _retry(runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult) -> str:
+    delay = runner.retry_delay(job.retries, retry_after=result.retry_after)
+    now = runner.now()
+    with write(runner.engine) as conn:
+        repo.record_attempts(conn, job.order_id, result.attempts, now=now)
+        jobs.reschedule_payment_job(conn, job, due_at=now + timedelta(seconds=delay), retries=job.retries + 1,
+                                    now=now)
+    return _done(job.order_id, "retried", f"retry {job.retries + 1} in {delay:.3f}s: {_error(result)}")
+
+
+def _settle(
+    runner: PaymentJobRunner,
+    job: jobs.ClaimedJob,
+    result: CaptureResult | None,
+    to_status: OrderStatus,
+    outcome: str,
+    *,
+    payment_id: str | None = None,
+    failure_reason: FailureReason | None = None,
+) -> str:
+    """Captured (or found in the ledger) -> Confirmed; declined -> PaymentFailed: order, job and notification
+    change in one transaction."""
+    now = runner.now()
+    with write(runner.engine) as conn:
+        if result is not None:
+            repo.record_attempts(conn, job.order_id, result.attempts, now=now)
+        moved = repo.move_order(
+            conn, job.order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=to_status, now=now,
+            payment_id=payment_id, failure_reason=failure_reason,
+        )
+        jobs.finish_payment_job(conn, job, state="done", now=now)
+        if moved and to_status is OrderStatus.CONFIRMED:
+            repo.queue_notification(conn, job.order_id, ORDER_CONFIRMED, now=now)
+    return _done(job.order_id, outcome, "order moved" if moved else "order was moved by someone else")
+
+
+def _exhausted(runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult) -> str:
+    # An attempt that timed out may still have captured: the ledger decides before anything is given up.
+    captures = runner.gateway.lookup_captures(job.order_id, deadline=runner.monotonic() + runner.config.attempt_timeout)
+    if captures:
+        payment_id = str(captures[0].get("id")) if captures[0].get("id") is not None else None
+        return _settle(runner, job, result, OrderStatus.CONFIRMED, "succeeded", payment_id=payment_id)
+    error = _error(result)
+    if captures is None:
+        error += " (the payment ledger could not be checked)"
+    return _dead_letter(runner, job, result, FailureReason.RETRIES_EXHAUSTED, "dead_lettered", last_error=error)
+
+
+def _dead_letter(
+    runner: PaymentJobRunner,
+    job: jobs.ClaimedJob,
+    result: CaptureResult,
+    reason: FailureReason,
+    outcome: str,
+    *,
+    last_error: str | None = None,
+) -> str:
+    """The dead letter, the failed order and the dead job in one transaction; the message after commit."""
+    now = runner.now()
+    dead_letter_id: int | None = None
+    with write(runner.engine) as conn:
+        repo.record_attempts(conn, job.order_id, result.attempts, now=now)
+        if repo.move_order(
+            conn, job.order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.PAYMENT_FAILED,
+            now=now, failure_reason=reason,
+        ):
+            dead_letter_id = jobs.insert_dead_letter(
+                conn, job.order_id, history=jobs.run_history(conn, job.order_id),
+                last_error=last_error or _error(result), now=now,
+            )
+            jobs.finish_payment_job(conn, job, state="dead", now=now)
+        else:
+            jobs.finish_payment_job(conn, job, state="done", now=now)
+    if dead_letter_id is None:
+        return _done(job.order_id, "skipped", "order was moved by someone else")
+    try:
+        runner.announcer.dead_lettered(dead_letter_id, job.order_id)
+    except Exception:  # the row is the record; the message only tells the dead-letter consumer early
+        log.warning("dead-letter message not sent", extra={"event": "dead_letter_unsent", "order_id": job.order_id})
+    return _done(job.order_id, outcome, f"dead letter {dead_letter_id}: {last_error or _error(result)}")
+
+
+def _error(result: CaptureResult) -> str:
+    if result.error:
+        return result.error
+    if result.http_status is not None:
+        return f"HTTP {result.http_status}"
+    for attempt in reversed(result.attempts):
+        if attempt.error or attempt.http_status:
+            return attempt.error or f"HTTP {attempt.http_status}"
+    return result.outcome
+
+
+__all__ = ["DEFAULT_LEASE_MARGIN", "ORDER_CONFIRMED", "PaymentJobRunner", "process_payment_job"]

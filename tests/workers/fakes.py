@@ -1,0 +1,85 @@
+"""Fakes and helpers of the worker tests: a scripted job gateway, a clock, orders written straight to the db."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import Engine
+
+from app.adapters import repository as repo
+from app.adapters.db import read, write
+from app.adapters.repository import AttemptRecord
+from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
+from app.services.ports import CaptureResult
+
+STATUS_FOR = {"captured": 201, "declined": 402, "rejected": 400, "failed": 503}
+
+
+@dataclass
+class FakeJobGateway:
+    """Answers each capture with the next scripted outcome (the last one repeats)."""
+
+    outcomes: list[str] = field(default_factory=lambda: ["captured"])
+    break_until: float | None = None
+    ledger: list[dict[str, object]] | None = field(default_factory=list)
+    retry_after: float | None = None
+    calls: list[str] = field(default_factory=list)
+    lookups: list[str] = field(default_factory=list)
+
+    def circuit_allows_calls(self) -> bool:
+        return self.break_until is None
+
+    def circuit_break_until(self) -> float | None:
+        return self.break_until
+
+    def capture(self, *, order_id: str, customer_id: int, amount: str, currency: str, deadline: float,
+                source: str) -> CaptureResult:
+        outcome = self.outcomes[min(len(self.calls), len(self.outcomes) - 1)]
+        self.calls.append(order_id)
+        status = STATUS_FOR.get(outcome)
+        attempt = AttemptRecord(source, datetime.now(UTC), 3, outcome, status, None if outcome == "captured"
+                                else f"HTTP {status}")
+        if outcome == "not_attempted":
+            return CaptureResult("not_attempted", error="circuit open")
+        return CaptureResult(outcome, f"pay_{order_id[:8]}" if outcome == "captured" else None, (attempt,),
+                             http_status=status, retry_after=self.retry_after if outcome == "failed" else None)
+
+    def lookup_captures(self, order_id: str, *, deadline: float) -> list[dict[str, object]] | None:
+        self.lookups.append(order_id)
+        if self.ledger is None:
+            return None
+        return [c for c in self.ledger if c.get("order_id") == order_id]
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.moment = start or datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+def place_order(engine: Engine, *, now: datetime, customer_id: int = 1, due_at: datetime | None = None) -> str:
+    order = Order(
+        id=uuid.uuid4().hex, customer_id=customer_id, status=OrderStatus.PAYMENT_PENDING, currency="USD",
+        lines=(OrderLine(1, 2, Decimal("12.50")),), payment=Payment(), inventory_source=InventorySource.LIVE,
+        created_at=now, updated_at=now, message=PENDING_MESSAGE,
+    )
+    with write(engine) as conn:
+        repo.insert_order(conn, order, job_due_at=due_at or now)
+    return order.id
+
+
+def order(engine: Engine, order_id: str) -> Order:
+    with read(engine) as conn:
+        found = repo.get_order(conn, order_id)
+    assert found is not None
+    return found

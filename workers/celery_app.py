@@ -1,0 +1,94 @@
+"""The Celery application: configuration only. The database schedules the jobs (the outbox); Celery only
+runs them, so nothing here counts retries or holds a job for later (no countdown, no ETA: with Redis
+those live in worker memory and come back through visibility_timeout redelivery, celery#2599)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from app.config import Settings, celery_broker_url
+
+PROCESS_PAYMENT = "orderflow.process_payment"
+SEND_NOTIFICATION = "orderflow.send_notification"
+DEAD_LETTER = "orderflow.dead_letter"
+QUEUES = {PROCESS_PAYMENT: "payments", SEND_NOTIFICATION: "notifications", DEAD_LETTER: "dead_letter"}
+
+# A publish that cannot reach the broker gives up fast: the outbox row, not the publisher, guarantees the job
+# reaches a worker, and the caller (an API request, the relay) must not hang on a dead broker.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.0, "interval_step": 0.1, "interval_max": 0.1}
+PUBLISH_SOCKET_TIMEOUT = 0.5
+
+
+def celery_config(settings: Settings, *, role: str = "worker") -> dict[str, Any]:
+    """`role="publisher"`: the API's and CLI's app, which only sends and must never block for long."""
+    publisher = role == "publisher"
+    transport: dict[str, Any] = {
+        # One key prefix per deployment (and per test), so stacks sharing a Redis never see each other's queues.
+        "global_keyprefix": f"{settings.redis_prefix}:",
+        "socket_connect_timeout": PUBLISH_SOCKET_TIMEOUT if publisher else 2.0,
+        # The worker's sockets must outlive the 1 s BRPOP poll; the publisher's only a single command.
+        "socket_timeout": PUBLISH_SOCKET_TIMEOUT if publisher else 10.0,
+        # Redelivery of unacknowledged messages is only a second safety net (the job's lease is the first),
+        # so it need not be fast; it must only exceed any job's run time.
+        "visibility_timeout": 600,
+        # A dead broker must surface as an error to the publisher, not as kombu's own retry loop.
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.1,
+        "interval_max": 0.1,
+    }
+    return {
+        "broker_url": celery_broker_url(settings.redis_url),
+        "broker_transport_options": transport,
+        # Workers retry the broker on start-up as they do later: the supervisor may start them first.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": PUBLISH_SOCKET_TIMEOUT if publisher else 4.0,
+        # Bounded publish retries: the outbox, not the publisher, guarantees delivery.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
+        # JSON only: messages carry ids, never pickled objects another process would have to trust.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # Nobody reads task results; the database holds every outcome.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Acknowledge after the task ran, and put the message back if the pool child running it dies: a
+        # killed process loses no job (the claim makes the redelivery harmless).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message per pool process at a time: a slow payment never holds messages another process could run.
+        "worker_prefetch_multiplier": 1,
+        # On SIGTERM a running payment call gets a short grace to finish; after that it is abandoned to its
+        # lease, which is safe. The supervisor's stop budget is a few seconds per rank.
+        "worker_soft_shutdown_timeout": 3.0,
+        # A lost broker connection leaves running payments alone: they finish and record in the database.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_routes": {name: {"queue": queue} for name, queue in QUEUES.items()},
+        "task_default_queue": "payments",
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "broker_pool_limit": 10,
+    }
+
+
+def make_celery(settings: Settings | None = None, *, role: str = "worker") -> Celery:
+    """A configured Celery app. The worker's includes the tasks and the bootsteps (relay, metrics); the
+    publisher's sends by task name and imports nothing else."""
+    settings = settings or Settings.from_env()
+    if role == "publisher":
+        app = Celery("orderflow-publisher", set_as_current=False)
+        app.conf.update(celery_config(settings, role=role))
+        return app
+    app = Celery("orderflow", include=["workers.tasks"])
+    app.conf.update(celery_config(settings, role=role))
+    from workers.bootsteps import MetricsServerStep, OutboxRelayStep
+
+    app.steps["worker"].add(OutboxRelayStep)
+    app.steps["worker"].add(MetricsServerStep)
+    return app
+
+
+__all__ = ["DEAD_LETTER", "PROCESS_PAYMENT", "QUEUES", "SEND_NOTIFICATION", "celery_config", "make_celery"]

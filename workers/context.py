@@ -1,0 +1,86 @@
+"""What a worker process works with, built by the composition root on first use in that process.
+
+Prefork children are forked from the main process; a database pool or socket shared across a fork is
+corrupted by whichever process uses it second. So every process (the main one for the relay and metrics,
+each pool child for the tasks) builds its own, keyed by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from app.bootstrap import Services, bootstrap
+from app.config import Settings
+from app.services.notifications import NotificationRunner
+from app.services.payment_jobs import DEFAULT_LEASE_MARGIN, PaymentJobRunner
+from workers.publisher import CeleryPublisher
+from workers.relay import DEFAULT_REPUBLISH_AFTER
+
+LEASE_MARGIN_ENV = "ORDERFLOW_LEASE_MARGIN"
+REPUBLISH_AFTER_ENV = "ORDERFLOW_REPUBLISH_AFTER"
+
+
+@dataclass
+class WorkerContext:
+    services: Services
+    publisher: CeleryPublisher
+    payments: PaymentJobRunner
+    notifications: NotificationRunner
+    republish_after: float
+
+
+_contexts: dict[int, WorkerContext] = {}
+_lock = threading.Lock()
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: not a number of seconds: {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name}: must be >= 0, got {raw!r}")
+    return value
+
+
+def build_context(services: Services) -> WorkerContext:
+    policies: Any = services.extra["policies"]
+    publisher = services.extra.get("publisher")
+    if not isinstance(publisher, CeleryPublisher):
+        publisher = CeleryPublisher(services.settings)
+    lease_margin = _seconds(LEASE_MARGIN_ENV, DEFAULT_LEASE_MARGIN)
+    notification_policy = policies.dependencies["notification"]
+    return WorkerContext(
+        services=services,
+        publisher=publisher,
+        payments=PaymentJobRunner(
+            engine=services.engine, gateway=services.extra["job_payments"], config=policies.jobs_payment,
+            announcer=publisher, lease_margin=lease_margin,
+        ),
+        notifications=NotificationRunner(
+            engine=services.engine, sender=services.extra["notifier"], flags=services.flags,
+            send_timeout=notification_policy.total_timeout, lease_margin=lease_margin,
+        ),
+        republish_after=_seconds(REPUBLISH_AFTER_ENV, DEFAULT_REPUBLISH_AFTER),
+    )
+
+
+def worker_context() -> WorkerContext:
+    pid = os.getpid()
+    context = _contexts.get(pid)
+    if context is None:
+        with _lock:
+            context = _contexts.get(pid)
+            if context is None:
+                _contexts.clear()  # a parent's context is of no use here (and must not be used)
+                context = _contexts[pid] = build_context(bootstrap(Settings.from_env()))
+    return context
+
+
+__all__ = ["WorkerContext", "build_context", "worker_context"]
