@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .budget import BudgetSpec
 from .circuit_breaker import (
@@ -187,8 +189,26 @@ _TRANSITION_CODES: dict[int, Transition] = {1: (HALF_OPEN, CLOSED), 2: (HALF_OPE
 _OPENED: Transition = (CLOSED, OPEN)
 
 
+def without_retries(client: redis.Redis) -> redis.Redis:
+    """A client on the same server and socket settings, which never retries a failed command.
+
+    redis-py retries a failed connection up to ten times with backoff by default: seconds in which a call
+    would wait on Redis. A circuit would rather decide locally at once and try Redis again a second later.
+    """
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    own_pool = redis.ConnectionPool(connection_class=pool.connection_class,
+                                    max_connections=pool.max_connections, **kwargs)
+    return redis.Redis(connection_pool=own_pool)
+
+
 class RedisBreakerStore:
-    """A `BreakerStore` (and budget store) shared through Redis; falls back to this process on errors."""
+    """A `BreakerStore` (and budget store) shared through Redis; falls back to this process on errors.
+
+    It talks to the server of `client` with the client's socket settings (keep its timeouts short, ~50 ms)
+    but through its own connection pool without retries (see `without_retries`).
+    """
 
     def __init__(
         self,
@@ -200,7 +220,7 @@ class RedisBreakerStore:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
+        self._client = client = without_retries(client)
         self._prefix = key_prefix
         self._flush_interval = flush_interval
         self._retry_interval = retry_interval
@@ -453,6 +473,7 @@ class RedisBreakerStore:
         finally:
             self._closed = True
             self._wake.set()
+            self._client.connection_pool.disconnect()
 
 
 # Locks held by another thread at fork time stay locked forever in the child; give each child fresh ones.

@@ -1,0 +1,229 @@
+"""RedisBreakerStore against a real Redis, shared by real processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.resilience import Attempt, CircuitBreaker, RecordingHook, ResiliencePipeline, RetryBudget, RetryPolicy
+from app.resilience.circuit_breaker import ADMIT, PROBE, BrokenCircuitError
+from app.resilience.events import BreakerTransition
+from app.resilience.shared_state import RedisBreakerStore
+
+from . import _shared_workers as workers
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> Iterator[RedisBreakerStore]:
+    shared = RedisBreakerStore(redis_client, key_prefix=key_prefix)
+    yield shared
+    shared.close()
+
+
+def make_breaker(store: RedisBreakerStore, hook: RecordingHook | None = None, **overrides: float) -> CircuitBreaker:
+    return CircuitBreaker("payment", store=store, hooks=[hook] if hook else [],
+                          **{**workers.SPEC, **overrides})  # type: ignore[arg-type]
+
+
+def run(target: object, *args: object) -> None:
+    process = SPAWN.Process(target=target, args=args)
+    process.start()
+    process.join(timeout=20)
+    assert process.exitcode == 0
+
+
+def wait_for(predicate: object, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_failures_in_two_processes_open_the_circuit_a_third_sees(redis_url: str, key_prefix: str) -> None:
+    first = SPAWN.Process(target=workers.record_failures, args=(redis_url, key_prefix, 5))
+    second = SPAWN.Process(target=workers.record_failures, args=(redis_url, key_prefix, 5))
+    first.start()
+    second.start()
+    first.join(timeout=20)
+    second.join(timeout=20)
+    assert (first.exitcode, second.exitcode) == (0, 0)
+    results = SPAWN.Queue()
+    run(workers.try_call, redis_url, key_prefix, results)
+    assert results.get(timeout=5) == "open"
+
+
+def test_isolation_in_one_process_is_seen_by_another(redis_url: str, key_prefix: str, store: RedisBreakerStore) -> None:
+    breaker = make_breaker(store)
+    assert breaker.acquire() == ADMIT
+    run(workers.isolate, redis_url, key_prefix)
+    with pytest.raises(BrokenCircuitError) as caught:
+        breaker.acquire()
+    assert caught.value.state == "isolated"
+    assert breaker.snapshot().state == "isolated"
+    breaker.reset()
+    results = SPAWN.Queue()
+    run(workers.try_call, redis_url, key_prefix, results)
+    assert results.get(timeout=5) == "admitted"
+
+
+def test_exactly_one_half_open_probe_across_processes(
+    redis_url: str, key_prefix: str, store: RedisBreakerStore
+) -> None:
+    breaker = make_breaker(store, break_duration=0.3)
+    for _ in range(10):
+        breaker.record(False)
+    store.flush()
+    assert breaker.state == "open"
+    go = SPAWN.Event()
+    results = SPAWN.Queue()
+    racers = [SPAWN.Process(target=workers.race_for_probe, args=(redis_url, key_prefix, go, results))
+              for _ in range(4)]
+    for racer in racers:
+        racer.start()
+    time.sleep(1.0)  # the racers are importing and connecting; the break ends meanwhile
+    go.set()
+    answers = [results.get(timeout=20) for _ in racers]
+    for racer in racers:
+        racer.join(timeout=20)
+    assert sorted(answers, key=str) == sorted([PROBE, "half_open", "half_open", "half_open"], key=str)
+
+
+def test_flusher_thread_sends_outcomes_without_being_asked(store: RedisBreakerStore) -> None:
+    hook = RecordingHook()
+    breaker = make_breaker(store, hook)
+    for _ in range(10):
+        breaker.acquire()
+        breaker.record(False)
+    assert wait_for(lambda: breaker.state == "open")
+    # the process whose flush opened the circuit reports it
+    assert wait_for(lambda: hook.of_type(BreakerTransition) == [BreakerTransition("payment", "closed", "open")])
+
+
+def test_threshold_and_minimum_throughput_are_evaluated_in_redis(store: RedisBreakerStore) -> None:
+    breaker = make_breaker(store)
+    for success in [True] * 5 + [False] * 4:
+        breaker.record(success)
+    store.flush()
+    snapshot = breaker.snapshot()
+    assert (snapshot.state, snapshot.throughput, snapshot.failure_ratio) == ("closed", 9, pytest.approx(4 / 9))
+    breaker.record(False)  # 5 of 10: exactly the ratio
+    store.flush()
+    snapshot = breaker.snapshot()
+    assert snapshot.state == "open"
+    assert snapshot.break_until is not None and abs(snapshot.break_until - (time.time() + 30)) < 2
+
+
+def test_probe_success_closes_and_failure_reopens(store: RedisBreakerStore) -> None:
+    hook = RecordingHook()
+    breaker = make_breaker(store, hook, break_duration=0.05)
+    for _ in range(10):
+        breaker.record(False)
+    store.flush()
+    time.sleep(0.08)
+    assert breaker.state == "half_open"
+    assert breaker.acquire() == PROBE
+    breaker.record(False, probe=True)
+    assert breaker.state == "open"
+    time.sleep(0.08)
+    assert breaker.acquire() == PROBE
+    breaker.record(True, probe=True)
+    snapshot = breaker.snapshot()
+    assert (snapshot.state, snapshot.throughput) == ("closed", 0)
+    assert [(e.from_state, e.to_state) for e in hook.of_type(BreakerTransition)] == [
+        ("closed", "open"), ("open", "half_open"), ("half_open", "open"), ("open", "half_open"),
+        ("half_open", "closed")]
+
+
+def test_a_lost_probe_frees_itself(store: RedisBreakerStore) -> None:
+    breaker = make_breaker(store, break_duration=0.05, probe_timeout=0.1)
+    for _ in range(10):
+        breaker.record(False)
+    store.flush()
+    time.sleep(0.08)
+    assert breaker.acquire() == PROBE
+    with pytest.raises(BrokenCircuitError):
+        breaker.acquire()
+    time.sleep(0.15)
+    assert breaker.acquire() == PROBE
+
+
+def test_the_budget_is_shared_through_redis(redis_client: redis.Redis, key_prefix: str) -> None:
+    first = RedisBreakerStore(redis_client, key_prefix=key_prefix)
+    second = RedisBreakerStore(redis.Redis(connection_pool=redis_client.connection_pool), key_prefix=key_prefix)
+    budget_a = RetryBudget(ratio=0.5, min_per_second=0.0, name="payment", store=first)
+    budget_b = RetryBudget(ratio=0.5, min_per_second=0.0, name="payment", store=second)
+    budget_a.record_call()
+    budget_a.record_call()
+    assert budget_b.try_spend()
+    assert not budget_a.try_spend()
+
+
+def test_a_pipeline_over_the_shared_store_charges_the_budget_in_the_admission(store: RedisBreakerStore) -> None:
+    breaker = make_breaker(store)
+    budget = RetryBudget(ratio=0.5, min_per_second=0.0, name="payment", store=store)
+    pipeline = ResiliencePipeline("payment", breaker=breaker, budget=budget,
+                                  retry=RetryPolicy(max_retries=3, base_delay=0.0), sleep=lambda s: None)
+    answers = iter([ConnectionError(), "ok"])
+
+    def call(attempt: Attempt) -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with pytest.raises(ConnectionError):  # one call earns half a retry: none
+        pipeline.execute(call)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_redis_falls_back_to_a_local_window_without_blocking(key_prefix: str) -> None:
+    client = redis.Redis(host="127.0.0.1", port=closed_port(), socket_timeout=0.05, socket_connect_timeout=0.05)
+    store = RedisBreakerStore(client, key_prefix=key_prefix, flush_interval=0.01)
+    breaker = make_breaker(store)
+    pipeline = ResiliencePipeline("payment", breaker=breaker)
+    started = time.monotonic()
+    assert pipeline.execute(lambda attempt: "ok") == "ok"
+    assert store.degraded and breaker.degraded
+    for _ in range(9):  # with the success: 9 failures of 10 calls
+        with pytest.raises(ConnectionError):
+            pipeline.execute(lambda attempt: (_ for _ in ()).throw(ConnectionError()))
+    with pytest.raises(BrokenCircuitError):  # the local window opened the circuit
+        pipeline.execute(lambda attempt: "ok")
+    assert time.monotonic() - started < 2.0
+    assert breaker.snapshot().state == "open"
+    store.close()
+
+
+def test_after_a_fork_the_child_flushes_through_its_own_thread(
+    redis_url: str, key_prefix: str, store: RedisBreakerStore
+) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    breaker = make_breaker(store)
+    breaker.record(True)  # the parent's flusher is running now
+    store.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: record, never flush by hand, exit once the flusher had time
+        try:
+            for _ in range(3):
+                breaker.record(False)
+            time.sleep(0.5)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert breaker.snapshot().throughput == 4
