@@ -290,6 +290,8 @@ class CircuitBreaker:
         self.store: BreakerStore = store if store is not None else LocalBreakerStore(
             clock=clock, wall_clock=wall_clock)
         self._sinks = as_sinks(hooks)
+        self._store_acquire = self.store.acquire  # bound once: these two run on every attempt
+        self._store_record = self.store.record
         self.store.register(name, self.spec, self._transitioned)
 
     def _transitioned(self, from_state: str, to_state: str) -> None:
@@ -301,7 +303,7 @@ class CircuitBreaker:
 
         Raises BrokenCircuitError when the circuit does not admit calls.
         """
-        code, break_until, transition = self.store.acquire(self.name, retry=retry, budget=budget)
+        code, break_until, transition = self._store_acquire(self.name, retry=retry, budget=budget)
         if transition is not None:
             self._transitioned(*transition)
         if code > NO_BUDGET:
@@ -309,7 +311,7 @@ class CircuitBreaker:
         return code
 
     def record(self, success: bool, *, probe: bool = False) -> None:
-        transition = self.store.record(self.name, success=success, probe=probe)
+        transition = self._store_record(self.name, success=success, probe=probe)
         if transition is not None:
             self._transitioned(*transition)
 

@@ -65,7 +65,6 @@ class Attempt:
         self,
         number: int,
         deadline: float,
-        *,
         hedged: bool = False,
         operation: str = "",
         context: Mapping[str, Any] = _NO_CONTEXT,
@@ -275,8 +274,7 @@ class ResiliencePipeline(Generic[T]):
         clock = self._clock
         started = clock()
         try:
-            result = call(Attempt(number, deadline, hedged=hedged, operation=operation, context=context,
-                                  clock=clock))
+            result = call(Attempt(number, deadline, hedged, operation, context, clock))
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised by the loop if unhandled
             if isinstance(exc, ResilienceTimeoutError) or self._is_timeout(exc):
                 if not isinstance(exc, ResilienceTimeoutError):
