@@ -58,6 +58,22 @@ def http_retry_after(outcome: Outcome) -> float | None:
     return result.retry_after() if isinstance(result, HttpResponse) else None
 
 
+class DecisionLog:
+    """Logs the policies' decisions (retry, transition, timeout, rejection, fallback, hedge, budget), not the
+    routine attempt and call records, which the metrics count: one log line per successful call would cost
+    more than the call's own policies."""
+
+    def __init__(self) -> None:
+        from app.resilience.events import AttemptFinished, CallFinished
+
+        self._routine = (AttemptFinished, CallFinished)
+        self._log = LoggingHook()
+
+    def __call__(self, event: object) -> None:
+        if not isinstance(event, self._routine):
+            self._log.on_event(event)  # type: ignore[arg-type]
+
+
 def _ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
@@ -327,7 +343,7 @@ def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_cli
     # milliseconds per call, not redis-py's default seconds.
     state_client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.05, socket_connect_timeout=0.05)
     store = RedisBreakerStore(state_client, key_prefix=f"{settings.redis_prefix}:resilience")
-    hooks = (PrometheusHook(), LoggingHook())
+    hooks = (PrometheusHook(), DecisionLog())
     transport = HttpTransport(pool_maxsize=32)
     deps = policies.dependencies
     common: dict[str, Any] = {"store": store, "hooks": hooks, "is_failure": http_failure,

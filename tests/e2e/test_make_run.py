@@ -46,6 +46,7 @@ def test_flag_off_takes_the_order_pending_and_a_worker_confirms_it(stack: Runnin
         assert order["message"] == "Order created. Payment will be processed shortly."
     finally:
         stack.set_flag("RealTimePayments", True)
+        time.sleep(2.1)
     confirmed = stack.wait_for_status(order["id"], "Confirmed", timeout=30)
     assert confirmed["status"] == "Confirmed", stack.tail()
     assert confirmed["payment"]["attempts"] == 1
