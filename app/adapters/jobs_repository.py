@@ -157,14 +157,20 @@ def get_payment_job(conn: Connection, order_id: str) -> PaymentJobRow | None:
 
 
 def run_history(conn: Connection, order_id: str) -> list[dict[str, Any]]:
-    """The payment attempts since the order's last replay (all of them if it was never replayed)."""
-    replayed = conn.execute(
-        select(func.max(dead_letters.c.replayed_at)).where(dead_letters.c.order_id == order_id)
-    ).scalar()
-    query = select(payment_attempts).where(payment_attempts.c.order_id == order_id)
-    if replayed is not None:
-        query = query.where(payment_attempts.c.started_at >= replayed)
-    rows = conn.execute(query.order_by(payment_attempts.c.id))
+    """The payment attempts since the order's last replay (all of them if it was never replayed).
+
+    Each earlier dead letter holds every attempt up to it, so the attempts of this run are those after the
+    ones the earlier dead letters already hold; counting them, not comparing clocks, keeps this right when
+    the API's and the workers' clocks disagree."""
+    earlier = conn.execute(
+        select(func.coalesce(func.sum(dead_letters.c.attempts), 0)).where(dead_letters.c.order_id == order_id)
+    ).scalar_one()
+    rows = conn.execute(
+        select(payment_attempts)
+        .where(payment_attempts.c.order_id == order_id)
+        .order_by(payment_attempts.c.id)
+        .offset(int(earlier))
+    )
     return [
         {
             "source": r.source,

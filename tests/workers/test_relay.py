@@ -1,0 +1,138 @@
+"""The outbox relay: publishes due jobs once, republishes lost ones, takes back expired leases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from app.adapters import jobs_repository as jobs
+from app.adapters import repository as repo
+from app.adapters.db import read, write
+from app.resilience.config import JobsPaymentConfig
+from app.services.payment_jobs import PaymentJobRunner, process_payment_job
+from tests.workers.fakes import Clock, FakeJobGateway, place_order
+from workers.relay import OutboxRelay, RelayThread
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.payments: list[str] = []
+        self.notifications: list[int] = []
+        self.down = False
+
+    def send_payment(self, order_id: str) -> None:
+        if self.down:
+            raise ConnectionError("broker down")
+        self.payments.append(order_id)
+
+    def send_notification(self, job_id: int) -> None:
+        if self.down:
+            raise ConnectionError("broker down")
+        self.notifications.append(job_id)
+
+
+def make_relay(engine: Engine, broker: Broker, clock: Clock) -> OutboxRelay:
+    return OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+                       republish_after=30.0, now=clock)
+
+
+def test_due_job_is_published_once_and_again_only_after_the_republish_delay(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock())
+    relay = make_relay(engine, broker, clock)
+    relay.run_once()
+    relay.run_once()
+    assert broker.payments.count(order_id) == 1
+    clock.advance(31)
+    relay.run_once()
+    assert broker.payments.count(order_id) == 2
+
+
+def test_job_not_yet_due_is_not_published(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock(), due_at=clock() + timedelta(seconds=10))
+    make_relay(engine, broker, clock).run_once()
+    assert order_id not in broker.payments
+
+
+def test_two_relays_at_once_publish_a_job_once(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock())
+    first, second = make_relay(engine, broker, clock), make_relay(engine, broker, clock)
+    with read(engine) as conn:
+        seen = jobs.due_payment_jobs(conn, now=clock(), republish_before=clock() - timedelta(seconds=30), limit=50)
+    assert order_id in seen
+    # Both saw the job due; the conditional mark lets only one send it.
+    assert first._publish(order_id, clock(), clock() - timedelta(seconds=30), payment=True)
+    assert not second._publish(order_id, clock(), clock() - timedelta(seconds=30), payment=True)
+    assert broker.payments.count(order_id) == 1
+
+
+def test_broker_down_leaves_the_job_due_for_the_next_pass(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock())
+    broker.down = True
+    assert make_relay(engine, broker, clock).run_once().failed
+    broker.down = False
+    make_relay(engine, broker, clock).run_once()
+    assert order_id in broker.payments
+
+
+def test_expired_lease_makes_the_relay_republish_the_job(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock())
+    config = JobsPaymentConfig(attempt_timeout=2.0, max_retries=3, backoff_base=1.0, backoff_max=5.0)
+    with write(engine) as conn:  # a worker claims the job, then dies before finishing it
+        assert jobs.claim_payment_job(conn, order_id, now=clock(), lease_until=clock() + timedelta(seconds=3),
+                                      token="e" * 32)
+    relay = make_relay(engine, broker, clock)
+    relay.run_once()
+    assert order_id not in broker.payments
+    clock.advance(4)
+    assert relay.run_once().reclaimed >= 1
+    assert order_id in broker.payments
+    gateway = FakeJobGateway(["captured"])
+    runner = PaymentJobRunner(engine=engine, gateway=gateway, config=config, now=clock)
+    assert process_payment_job(order_id, runner=runner) == "succeeded"
+    with read(engine) as conn:
+        stored = jobs.get_payment_job(conn, order_id)
+        assert stored is not None and (stored.state, stored.retries) == ("done", 0)
+
+
+def test_confirmed_order_notification_is_published_to_its_queue(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock(), due_at=clock() + timedelta(days=1))
+    with write(engine) as conn:
+        repo.queue_notification(conn, order_id, "order_confirmed", now=clock())
+    make_relay(engine, broker, clock).run_once()
+    assert len(broker.notifications) >= 1
+    assert order_id not in broker.payments
+
+
+def test_relay_thread_survives_a_failing_pass_and_stops_when_asked() -> None:
+    calls = []
+
+    class Flaky:
+        def run_once(self) -> None:
+            calls.append(1)
+            raise RuntimeError("database down")
+
+    thread = RelayThread(Flaky(), interval=0.01)  # type: ignore[arg-type]
+    thread.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 2
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        thread.stop()
+    assert len(calls) >= 3
+    assert not thread.alive
+
+
+@pytest.fixture(autouse=True)
+def _quiet_relay_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("ERROR", logger="orderflow.relay")
