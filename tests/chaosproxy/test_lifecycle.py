@@ -162,3 +162,16 @@ def test_cli_fails_on_a_bad_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert b"missing required field: upstream at proxy 1" in result.stderr
+
+
+def test_closed_connections_are_forgotten(chaos_server: object, client: ToxiproxyClient, echo: Upstream) -> None:
+    proxy = client.create_proxy("svc", "127.0.0.1:0", echo.address)
+    client.add_toxic("svc", "latency", {"latency": 1}, stream="upstream")
+    for _ in range(20):
+        with connect(proxy) as sock:
+            assert round_trip(sock)[0] == b"ping"
+    live = chaos_server.collection.proxies["svc"].connections  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 2
+    while live and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not live
