@@ -83,3 +83,28 @@ def test_sigterm_stops_every_process_within_10_seconds(tmp_path: Path) -> None:
     assert not left, f"still running after stop: {left}"
     assert elapsed < 10.0
     assert stack.process.returncode is not None
+
+
+def test_parallel_requests_with_one_idempotency_key_make_one_order(stack: RunningStack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"customer_id": 77, "lines": [{"product_id": 3, "quantity": 1}]}
+    key = f"parallel-{time.time_ns()}"
+
+    def send(_: int) -> requests.Response:
+        return requests.post(f"{stack.api}/api/orders", json=body, headers={"Idempotency-Key": key}, timeout=15)
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(send, range(12)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {201, 409}, statuses
+    created = [r for r in responses if r.status_code == 201]
+    originals = [r for r in created if "Idempotent-Replayed" not in r.headers]
+    assert len(originals) == 1
+    assert {r.json()["id"] for r in created} == {originals[0].json()["id"]}
+    assert all(r.json()["type"].endswith("/idempotency-key-in-use") for r in responses if r.status_code == 409)
+    orders = requests.get(f"{stack.api}/api/orders?limit=500", timeout=5).json()["items"]
+    assert sum(1 for o in orders if o["customer_id"] == 77) == 1
+    replay = send(0)
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.content == originals[0].content
