@@ -57,7 +57,7 @@ def bootstrap(settings: Settings, **overrides: Any) -> Services:
         inventory_total_timeout=policies.dependencies["inventory"].total_timeout,
         monotonic=time.monotonic,
     )
-    idempotency = IdempotencyStore(engine, lock_for=timedelta(seconds=policies.api.request_deadline + 1.0))
+    idempotency = IdempotencyStore(engine, lock_for=timedelta(seconds=policies.api.request_deadline))
     checks = {"database": _database_check(engine), "broker": _redis_check(redis_client)}
     checks.update(dependencies.get("checks", {}))
     readiness = Readiness(checks)
