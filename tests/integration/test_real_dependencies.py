@@ -190,3 +190,42 @@ def test_metrics_show_dependency_calls(live: Live) -> None:
     assert 'http_client_requests_total{service="payment",status="success"}' in text
     assert "resilience_circuitbreaker_state{service=\"payment\"} 0.0" in text
     assert 'orders_created_total{status="Confirmed"}' in text
+
+
+def test_a_full_payment_bulkhead_leaves_the_order_pending_at_once(database: DatabaseHandle, redis_url: str,
+                                                                     key_prefix: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    payment = serve("payment")
+    inventory = serve("inventory")
+    policy_file = tmp_path / "resilience.toml"
+    policy_file.write_text(FAST_POLICIES.replace(
+        "[dependencies.inventory]", "bulkhead = { max_concurrency = 1, max_queue = 0 }\n[dependencies.inventory]"))
+    settings = Settings(
+        database_url=database.url, database_schema=database.schema, redis_url=redis_url, redis_prefix=key_prefix,
+        admin_token=ADMIN_TOKEN, resilience_file=policy_file, payment_url=payment.url,
+        inventory_url=inventory.url, notification_url=payment.url,
+    )
+    app = create_app(settings, redis=redis.Redis.from_url(redis_url))
+    try:
+        requests.put(f"{payment.url}/faults", json={"latency_ms": 400}, timeout=2).raise_for_status()
+
+        def place(_: int) -> tuple[float, Any]:
+            started = time.monotonic()
+            response = app.test_client().post("/api/orders", data=json.dumps(ORDER), content_type="application/json")
+            return time.monotonic() - started, response.get_json()
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(place, 0)
+            time.sleep(0.15)  # the first order holds the only slot, waiting on the slow payment
+            second = pool.submit(place, 1)
+            (slow, held), (fast, rejected) = first.result(), second.result()
+        assert held["status"] == "Confirmed" and slow >= 0.4
+        assert rejected["status"] == "PaymentPending" and rejected["payment"]["attempts"] == 0
+        assert fast < 0.3
+        metrics = app.test_client().get("/metrics").get_data(as_text=True)
+        assert 'resilience_bulkhead_rejections_total{service="payment"}' in metrics
+    finally:
+        app.extensions["orderflow"].engine.dispose()
+        payment.shutdown()
+        inventory.shutdown()
