@@ -49,11 +49,6 @@ KNOWN_UNREAD_VARIABLES = {
     "WORKER_METRICS_HOST": "no code reads it: the worker's metrics server binds 127.0.0.1 "
                            "(workers/bootsteps.py), so Prometheus cannot scrape worker:9808 in compose",
 }
-KNOWN_WORKER_OPTION_DRIFT = (
-    "make run passes --without-gossip --without-mingle to the worker; docker-compose.yml does not"
-)
-
-
 # --- reading both sides -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -252,7 +247,6 @@ def test_worker_runs_the_same_app_queues_and_concurrency(
     assert int(local["concurrency"]) >= 2  # CONTRACT section 2: prefork, >= 2 processes
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_WORKER_OPTION_DRIFT)
 def test_worker_options_are_identical(services: dict[str, Any], stack: dict[str, ProcessSpec]) -> None:
     assert _celery(stack["worker"].argv)[1] == _celery(_argv(services["worker"]))[1]
 
