@@ -96,7 +96,7 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
 
 
 def wait_all_confirmed(stack: RunningStack, order_ids: Iterable[str], *, timeout: float) -> dict[str, str]:
-    """Waits until every order is Confirmed (one shared deadline); returns the status of those that are not."""
+    """Waits until every order is Confirmed (one shared deadline); returns the others' statuses."""
     deadline = time.monotonic() + timeout
     waiting = set(order_ids)
     while waiting and time.monotonic() < deadline:
@@ -151,7 +151,7 @@ def log_size(stack: RunningStack) -> int:
 
 
 def log_events(stack: RunningStack, *, since: int = 0) -> list[dict[str, Any]]:
-    """The JSON log lines written after byte offset `since` (the supervisor's and Celery's own lines skipped)."""
+    """The JSON log lines written after byte offset `since` (Celery's and Redis's own lines skipped)."""
     with open(stack.log, "rb") as f:
         f.seek(since)
         lines = f.read().decode(errors="replace").splitlines()
