@@ -69,8 +69,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[RunningStack]:
-    # Depends on `browser` so a machine without Chromium skips before paying for a stack start.
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     with running_stack(tmp_path_factory.mktemp("admin-stack"), policies=FAST_DEAD_LETTERS) as running:
         yield running
 
@@ -158,7 +157,8 @@ class AdminPage:
         return str(self.one("#status").text)
 
 
-def test_the_admin_page_drives_the_admin_api_in_a_real_browser(stack: RunningStack, browser: Any) -> None:
+def test_the_admin_page_drives_the_admin_api_in_a_real_browser(browser: Any, stack: RunningStack) -> None:
+    # `browser` comes first: without Chromium this skips before paying for a stack start.
     page = AdminPage(browser, stack.api)
     page.open()
     assert "OrderFlow admin" in browser.title
