@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,8 @@ from tests.stack import ROOT, RunningStack, running_stack
 
 T = TypeVar("T")
 
-SCREENSHOT = ROOT / "docs" / "admin-page.png"
+# The run's screenshot goes to var/ (ignored by git); ORDERFLOW_SCREENSHOT=docs refreshes the committed one.
+SCREENSHOT = ROOT / ("docs" if os.environ.get("ORDERFLOW_SCREENSHOT") == "docs" else "var") / "admin-page.png"
 
 # One payment attempt and no retry: a failing payment service makes a dead letter within a second or two.
 FAST_DEAD_LETTERS = """
