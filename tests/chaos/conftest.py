@@ -1,5 +1,6 @@
-"""Every chaos module starts one stack of its own (fixture `stack`, with the module's fast policies); this
-gives each test a Toxiproxy client for it and a calm start: no toxic, no fault, every circuit closed."""
+"""Every stack module starts one stack of its own (fixture `stack`, with the module's fast policies) and
+marks itself `pytest.mark.usefixtures("calm_dependencies")`: each test gets a Toxiproxy client for it and
+a calm start: no toxic, no fault, every circuit closed."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def chaos(stack: RunningStack) -> Iterator[ToxiproxyClient]:
         yield client
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def calm_dependencies(stack: RunningStack, chaos: ToxiproxyClient) -> Iterator[None]:
     calm(stack, chaos)
     yield

@@ -29,7 +29,9 @@ TOTAL_TIMEOUT = 1.0
 BREAK_DURATION = 4.0
 FAST = 0.25  # the contract's bound with the payment circuit open
 MARGIN = 0.5
-RECOVERY = 30.0  # break end + worker backoff + relay, with room for a loaded machine
+# Break end + worker backoff + relay pass; a job that loses the race of test_outbox_relay_race waits out
+# the relay's 30 s republish delay on top.
+RECOVERY = 45.0
 
 POLICIES = f"""
 [api]
@@ -47,6 +49,9 @@ max_retries = 10
 backoff_base = 0.1
 backoff_max = 0.5
 """
+
+
+pytestmark = pytest.mark.usefixtures("calm_dependencies")
 
 
 @pytest.fixture(scope="module")

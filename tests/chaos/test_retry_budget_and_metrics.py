@@ -58,6 +58,9 @@ class Outage:
     log_offset: int
 
 
+pytestmark = pytest.mark.usefixtures("calm_dependencies")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     with running_stack(tmp_path_factory.mktemp("budget"), policies=POLICIES) as running:
@@ -127,7 +130,7 @@ def test_worker_metrics_count_the_job_that_confirmed_a_flag_off_order(stack: Run
     assert order["status"] == PENDING and order["payment"]["attempts"] == 0
     assert elapsed < 0.25 + 0.5
 
-    confirmed = stack.wait_for_status(order["id"], CONFIRMED, timeout=30)
+    confirmed = stack.wait_for_status(order["id"], CONFIRMED, timeout=45)
     assert confirmed["status"] == CONFIRMED, stack.tail()
     assert confirmed["payment"]["attempts"] == 1
     assert succeeded() >= before + 1
