@@ -4,7 +4,7 @@ and then fails fast, and once the service is back every order is confirmed with 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -143,8 +143,8 @@ def test_isolated_circuit_holds_in_every_api_process(stack: RunningStack) -> Non
 def test_answers_lost_after_the_capture_never_charge_twice(
     stack: RunningStack, chaos: ToxiproxyClient
 ) -> None:
-    def cut_after(bytes_: int) -> Callable[[], None]:
-        return lambda: chaos.add_toxic("payment", "limit_data", {"bytes": bytes_}, name="cut")
+    def cut_answers() -> None:  # the status line's first 16 bytes get through, then the connection closes
+        chaos.add_toxic("payment", "limit_data", {"bytes": 16}, name="cut")
 
     def reset_answers() -> None:
         chaos.add_toxic("payment", "reset_peer", {"timeout": 0}, name="cut")
@@ -158,16 +158,17 @@ def test_answers_lost_after_the_capture_never_charge_twice(
         reset_circuit(stack, "payment")
 
     order_ids: list[str] = []
-    charged_but_pending = 0
-    for fault in (cut_after(16), reset_answers, error_after_capture):
+    charged_but_pending: dict[str, int] = {}
+    for fault in (cut_answers, reset_answers, error_after_capture):
         fault()
         orders = created(burst(stack, 7, parallel=4))
         assert {o["status"] for o in orders} == {PENDING}
         # The service charged these, the API never heard of it.
-        charged_but_pending += sum(1 for o in orders if o["payment"]["attempts"] and stack.captures(o["id"]))
+        charged_but_pending[fault.__name__] = sum(
+            1 for o in orders if o["payment"]["attempts"] and stack.captures(o["id"]))
         order_ids += [o["id"] for o in orders]
         undo()
-    assert charged_but_pending >= 3
+    assert min(charged_but_pending.values()) >= 1, charged_but_pending
 
     started = time.monotonic()
     not_confirmed = wait_all_confirmed(stack, order_ids, timeout=RECOVERY)
