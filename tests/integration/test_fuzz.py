@@ -125,6 +125,7 @@ def _pinned_product_bug(case: schemathesis.Case) -> bool:
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
+    database=None,  # every run starts fresh and leaves no example store in the work tree
     # One app per operation serves all its examples; the few inputs that hit a pinned bug are filtered out.
     suppress_health_check=[
         HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much,
