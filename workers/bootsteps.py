@@ -81,6 +81,7 @@ class MetricsServerStep(bootsteps.StartStopStep):
 
 def metrics_server(services: Any, *, port: int) -> ThreadingHTTPServer:
     from app.metrics import render
+    from workers.relay import no_fork
 
     fleet = services.extra.get("fleet_collector")
 
@@ -89,7 +90,8 @@ def metrics_server(services: Any, *, port: int) -> ThreadingHTTPServer:
             if self.path.split("?")[0] != "/metrics":
                 self.send_error(404)
                 return
-            body, content_type = render(fleet)
+            with no_fork():  # the fleet gauges read the database (see workers.relay.FORK_GUARD)
+                body, content_type = render(fleet)
             self.send_response(200)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

@@ -64,8 +64,10 @@ def celery_config(settings: Settings, *, role: str = "worker") -> dict[str, Any]
         # On SIGTERM a running payment call gets a short grace to finish; after that it is abandoned to its
         # lease, which is safe. The supervisor's stop budget is a few seconds per rank.
         "worker_soft_shutdown_timeout": 3.0,
-        # A lost broker connection leaves running payments alone: they finish and record in the database.
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # A task running when the broker connection is lost could never be acknowledged (kombu then fails
+        # inside its event loop and the worker stops): cancel it instead. Its job is leased in the database,
+        # so the relay hands it out again, and the derived payment key makes the rerun charge nothing new.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_routes": {name: {"queue": queue} for name, queue in QUEUES.items()},
         "task_default_queue": "payments",
         "task_create_missing_queues": True,
@@ -82,6 +84,7 @@ def make_celery(settings: Settings | None = None, *, role: str = "worker") -> Ce
         app = Celery("orderflow-publisher", set_as_current=False)
         app.conf.update(celery_config(settings, role=role))
         return app
+    _leave_unacknowledged_messages_in_redis()
     app = Celery("orderflow", include=["workers.tasks"])
     app.conf.update(celery_config(settings, role=role))
     from workers.bootsteps import MetricsServerStep, OutboxRelayStep
@@ -89,6 +92,19 @@ def make_celery(settings: Settings | None = None, *, role: str = "worker") -> Ce
     app.steps["worker"].add(OutboxRelayStep)
     app.steps["worker"].add(MetricsServerStep)
     return app
+
+
+def _leave_unacknowledged_messages_in_redis() -> None:
+    """Do not push unacknowledged messages back when a broker channel closes.
+
+    When Redis goes away while a task runs, kombu closes the channel and tries to restore the in-flight
+    message through the connection that is already gone; that fails with an AttributeError, which Celery
+    treats as unrecoverable, and the whole worker stops. The message needs no restoring: it stays in Redis's
+    unacked set (restored after visibility_timeout), and the outbox relay republishes its job anyway.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    kombu_redis.QoS.restore_at_shutdown = False
 
 
 __all__ = ["DEAD_LETTER", "PROCESS_PAYMENT", "QUEUES", "SEND_NOTIFICATION", "celery_config", "make_celery"]

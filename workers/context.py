@@ -78,7 +78,9 @@ def worker_context() -> WorkerContext:
         with _lock:
             context = _contexts.get(pid)
             if context is None:
-                _contexts.clear()  # a parent's context is of no use here (and must not be used)
+                # A context inherited from the parent stays referenced, never used nor closed: closing a
+                # SQLite connection the parent may hold inside a transaction would write to the shared
+                # WAL index from this process and can leave the database locked for everyone.
                 context = _contexts[pid] = build_context(bootstrap(Settings.from_env()))
     return context
 

@@ -8,8 +8,10 @@ a job published twice is still run once (the worker's claim).
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +21,21 @@ from app.adapters import jobs_repository as jobs
 from app.adapters.db import read, write
 
 log = logging.getLogger("orderflow.relay")
+
+# The prefork pool forks replacement children from the process this relay runs in. SQLite keeps its file
+# locks in per-process bookkeeping that a child inherits: a fork taken while this thread is inside a
+# transaction leaves the child believing another connection of its own holds the lock, and every write it
+# tries is "database is locked" for good. So forks wait until no transaction of this process is open.
+FORK_GUARD = threading.Lock()
+os.register_at_fork(before=FORK_GUARD.acquire, after_in_parent=FORK_GUARD.release,
+                    after_in_child=FORK_GUARD.release)
+
+
+@contextmanager
+def no_fork() -> Iterator[None]:
+    with FORK_GUARD:
+        yield
+
 
 # A job published this long ago and still pending lost its message (broker restarted, queue purged).
 DEFAULT_REPUBLISH_AFTER = 30.0
@@ -45,12 +62,12 @@ class OutboxRelay:
     def run_once(self) -> RelayPass:
         now = self.now()
         republish_before = now - timedelta(seconds=self.republish_after)
-        with write(self.engine) as conn:
+        with no_fork(), write(self.engine) as conn:
             reclaimed = jobs.reclaim_expired_payment_leases(conn, now=now)
             reclaimed += jobs.reclaim_expired_notification_leases(conn, now=now)
         if reclaimed:
             log.warning("reclaimed jobs whose lease expired", extra={"event": "lease_expired", "jobs": reclaimed})
-        with read(self.engine) as conn:
+        with no_fork(), read(self.engine) as conn:
             payment_ids = jobs.due_payment_jobs(conn, now=now, republish_before=republish_before, limit=self.batch)
             notification_ids = jobs.due_notification_jobs(
                 conn, now=now, republish_before=republish_before, limit=self.batch
@@ -72,7 +89,7 @@ class OutboxRelay:
 
     def _publish(self, job: str | int, now: datetime, republish_before: datetime, *, payment: bool) -> bool:
         # Marked first and committed, then sent: the mark is what stops a second relay sending it too.
-        with write(self.engine) as conn:
+        with no_fork(), write(self.engine) as conn:
             if payment:
                 marked = jobs.mark_payment_published(conn, str(job), now=now, republish_before=republish_before)
             else:
@@ -86,7 +103,7 @@ class OutboxRelay:
             else:
                 self.send_notification(int(job))
         except Exception:
-            with write(self.engine) as conn:
+            with no_fork(), write(self.engine) as conn:
                 if payment:
                     jobs.unmark_payment_published(conn, str(job))
                 else:
@@ -125,4 +142,4 @@ class RelayThread:
             self._stop.wait(self._interval)
 
 
-__all__ = ["DEFAULT_REPUBLISH_AFTER", "OutboxRelay", "RelayPass", "RelayThread"]
+__all__ = ["DEFAULT_REPUBLISH_AFTER", "FORK_GUARD", "no_fork", "OutboxRelay", "RelayPass", "RelayThread"]
