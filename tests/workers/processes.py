@@ -194,8 +194,9 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str,
 def worker_stack(tmp: Path, database: DatabaseHandle, redis_url: str, prefix: str) -> Iterator[WorkerStack]:
     (tmp / "resilience.toml").write_text(POLICY)
     (tmp / "metrics").mkdir()
-    simulators = [serve("payment"), serve("notification"), serve("inventory")]
-    stack = WorkerStack(tmp, database, redis_url, prefix, *simulators)
+    payment, notification, inventory = serve("payment"), serve("notification"), serve("inventory")
+    simulators = [payment, notification, inventory]
+    stack = WorkerStack(tmp, database, redis_url, prefix, payment, notification, inventory)
     try:
         yield stack
     finally:

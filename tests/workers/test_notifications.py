@@ -41,7 +41,9 @@ def confirmed_order_with_notification(engine: Engine, clock: Clock) -> tuple[str
         repo.move_order(conn, order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.CONFIRMED,
                         now=clock(), payment_id="pay_x")
         repo.queue_notification(conn, order_id, "order_confirmed", now=clock())
-        job_id = conn.execute(select(notification_jobs.c.id).where(notification_jobs.c.order_id == order_id)).scalar()
+        job_id = conn.execute(
+            select(notification_jobs.c.id).where(notification_jobs.c.order_id == order_id)
+        ).scalar_one()
     return order_id, int(job_id)
 
 
