@@ -11,6 +11,10 @@ from app.api.admin import require_token
 from app.api.problems import Problem
 from app.services import dead_letters
 
+# dead_letters.id is a 32-bit integer column: a larger id names no dead letter, and must not reach the
+# database (SQLite overflows, PostgreSQL rejects it).
+MAX_ID = 2**31 - 1
+
 bp = Blueprint("dead_letters", __name__, url_prefix="/admin/dead-letters")
 
 
@@ -36,6 +40,8 @@ def list_dead_letters() -> Response:
 @bp.post("/<int:dead_letter_id>/replay")
 def replay(dead_letter_id: int) -> Response:
     services = _services()
+    if dead_letter_id > MAX_ID:
+        raise Problem(404, "Unknown dead letter", f"There is no dead letter {dead_letter_id}.", slug="not-found")
     try:
         replayed = dead_letters.replay_dead_letter(
             services.engine, dead_letter_id, publisher=services.placement.publisher

@@ -134,6 +134,8 @@ def test_admin_lists_dead_letters_newest_first_and_replays_one(api: tuple[FlaskC
     assert again.headers["Content-Type"] == "application/problem+json"
     missing = client.post("/admin/dead-letters/999999/replay", headers=AUTH)
     assert missing.status_code == 404 and missing.get_json()["status"] == 404
+    huge = client.post(f"/admin/dead-letters/{2**70}/replay", headers=AUTH)
+    assert huge.status_code == 404 and huge.headers["Content-Type"] == "application/problem+json"
 
 
 def test_dead_letter_routes_need_the_admin_token(api: tuple[FlaskClient, Any]) -> None:
