@@ -1,0 +1,284 @@
+"""Benchmark 4: draining a backlog of PaymentPending orders once payment is back, against no-op tasks.
+
+Ours: N orders are written as the API writes them with `RealTimePayments` off (the order, its lines, its due
+payment job, one Celery hint each) while the stack's Celery worker is frozen (SIGSTOP) and the payment proxy
+disabled. At t0 the proxy is enabled and the worker resumed; the drain ends when all N are `Confirmed`.
+Baseline: N no-op tasks sent to a worker of the same Celery configuration and size (prefork, 2 processes),
+frozen and resumed the same way; the drain ends when all N have run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+import requests
+from sqlalchemy import func, select
+
+from app.config import Settings
+
+from . import profiling
+from .environment import PLOTS, ROOT, Database, binary
+from .placement import wait_drained
+from .plots import drain_plot
+from .results import BenchmarkResult, Measurement
+from .stack import BenchStack, tail
+
+BACKLOG_CUSTOMER = 4242  # marks the backlog's orders
+DEFAULT_BACKLOG = 2000
+POLL = 0.25
+INSERT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Drain:
+    count: int
+    seconds: float
+    done: int
+    curve: list[tuple[float, int]]
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+
+def _engine(db: Database):  # type: ignore[no-untyped-def]
+    from app.adapters.db import make_engine
+
+    return make_engine(db.url, schema=db.schema, pool_size=2)
+
+
+def write_backlog(db: Database, settings: Settings, count: int) -> list[str]:
+    """The API's flag-off writes for `count` orders, and its hint for each."""
+    from app.adapters import repository as repo
+    from app.adapters.db import read, write
+    from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
+    from workers.publisher import CeleryPublisher
+
+    engine = _engine(db)
+    publisher = CeleryPublisher(settings)
+    ids: list[str] = []
+    try:
+        with read(engine) as conn:
+            price = repo.products_by_id(conn, [1])[1].unit_price
+        for start in range(0, count, INSERT_BATCH):
+            now = datetime.now(UTC)
+            batch = [
+                Order(
+                    id=uuid.uuid4().hex,
+                    customer_id=BACKLOG_CUSTOMER,
+                    status=OrderStatus.PAYMENT_PENDING,
+                    currency="USD",
+                    lines=(OrderLine(1, 1, price),),
+                    payment=Payment(),
+                    inventory_source=InventorySource.LIVE,
+                    created_at=now,
+                    updated_at=now,
+                    message=PENDING_MESSAGE,
+                )
+                for _ in range(min(INSERT_BATCH, count - start))
+            ]
+            with write(engine) as conn:
+                for order in batch:
+                    repo.insert_order(conn, order, job_due_at=now)
+            for order in batch:
+                publisher.send_payment(order.id)
+            ids += [order.id for order in batch]
+    finally:
+        engine.dispose()
+    return ids
+
+
+def confirmed(engine: object) -> int:
+    from app.adapters.db import read
+    from app.adapters.tables import orders
+
+    with read(engine) as conn:  # type: ignore[arg-type]
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(orders)
+                .where(orders.c.customer_id == BACKLOG_CUSTOMER, orders.c.status == "Confirmed")
+            ).scalar_one()
+        )
+
+
+def _watch(count: int, progress, *, timeout: float) -> Drain:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    curve = [(0.0, 0)]
+    done = 0
+    while done < count and time.monotonic() - started < timeout:
+        time.sleep(POLL)
+        done = progress()
+        curve.append((time.monotonic() - started, done))
+    return Drain(count, curve[-1][0], done, curve)
+
+
+def drain_ours(
+    stack: BenchStack, db: Database, count: int, *, timeout: float, profile_seconds: float = 0.0
+) -> tuple[Drain, list[str], list[str]]:
+    """The drain, and (with `profile_seconds`) a py-spy summary of one pool process during it."""
+    settings = Settings.from_env(stack.env)
+    engine = _engine(db)
+    before = confirmed(engine)
+    with stack.chaos_client() as chaos:
+        stack.pause_workers()
+        try:
+            chaos.disable("payment")
+            ids = write_backlog(db, settings, count)
+            chaos.enable("payment")
+        finally:
+            stack.resume_workers()
+        pool = stack.worker_processes()[1:]
+
+        def watch() -> Drain:
+            return _watch(count, lambda: confirmed(engine) - before, timeout=timeout)
+
+        profile: list[str] = []
+        if profile_seconds and pool and profiling.available():
+            drain, profile = profiling.profile_while(pool[0], watch, seconds=profile_seconds)
+        else:
+            drain = watch()
+    engine.dispose()
+    return drain, ids, profile
+
+
+def drain_noop(stack: BenchStack, count: int, *, timeout: float) -> Drain:
+    from .noop_worker import NOOP_QUEUE, NOOP_TASK, counter_key, make_app
+
+    settings = Settings.from_env(stack.env)
+    client = redis.Redis.from_url(settings.redis_url)
+    key = counter_key(settings)
+    client.delete(key)
+    app = make_app(settings)
+    log = stack.log.parent / "noop-worker.log"
+    argv = [
+        binary("celery"),
+        "-A",
+        "bench.noop_worker",
+        "worker",
+        "--loglevel=WARNING",
+        f"--queues={NOOP_QUEUE}",
+        "--concurrency=2",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            argv, cwd=ROOT, env=stack.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            app.send_task(NOOP_TASK, args=["warm-up"], queue=NOOP_QUEUE)
+            deadline = time.monotonic() + 60
+            while int(client.get(key) or 0) < 1:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the no-op worker did not start:\n{tail(log)}")
+                time.sleep(0.1)
+            os.killpg(worker.pid, signal.SIGSTOP)
+            try:
+                with app.producer_or_acquire() as producer:
+                    for i in range(count):
+                        app.send_task(NOOP_TASK, args=[str(i)], queue=NOOP_QUEUE, producer=producer)
+            finally:
+                os.killpg(worker.pid, signal.SIGCONT)
+            return _watch(count, lambda: int(client.get(key) or 0) - 1, timeout=timeout)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=5)
+            client.close()
+
+
+def captures_per_order(stack: BenchStack, ids: list[str]) -> Counter[int]:
+    """How many orders of the backlog have 0, 1, 2... captures in the payment simulator's ledger."""
+    items = requests.get(f"{stack.simulators['payment']}/payments", timeout=60).json()["items"]
+    per_order = Counter(
+        item.get("order_id") for item in items if item.get("status", "captured") == "captured"
+    )
+    return Counter(per_order.get(order_id, 0) for order_id in ids)
+
+
+def run(
+    result: BenchmarkResult,
+    stack: BenchStack,
+    db: Database,
+    *,
+    count: int = DEFAULT_BACKLOG,
+    timeout: float = 600.0,
+    profile_seconds: float = 10.0,
+) -> dict[str, Drain]:
+    left = wait_drained(db, timeout=120)
+    if left:
+        result.notes.append(f"{left} orders of earlier benchmarks were still PaymentPending at the start.")
+    ours, ids, profile = drain_ours(stack, db, count, timeout=timeout, profile_seconds=profile_seconds)
+    noop = drain_noop(stack, count, timeout=timeout)
+    command = f"python -m bench backlog --backlog {count}"
+    result.add(
+        Measurement(
+            f"drain {count:,} PaymentPending orders to Confirmed",
+            "jobs/s",
+            ours.rate,
+            noop.rate,
+            f"{count:,} no-op Celery tasks, same worker configuration (prefork x 2)",
+            command,
+            ">= 50% of the no-op rate",
+            0.5,
+            "higher",
+            note=f"{ours.seconds:.1f} s vs {noop.seconds:.1f} s",
+        )
+    )
+    if profile and result.measurements[-1].met is False:
+        result.notes.append(
+            "Profile of one prefork pool process during the drain (py-spy): " + "; ".join(profile)
+        )
+    ledger = captures_per_order(stack, ids)
+    result.add(
+        Measurement(
+            "orders of the backlog with exactly one capture in the payment ledger",
+            "orders",
+            float(ledger[1]),
+            float(count),
+            "orders in the backlog",
+            command,
+            "exactly one capture per order",
+            1.0,
+            "higher",
+        )
+    )
+    result.raw["ledger"] = {str(k): v for k, v in sorted(ledger.items())}
+    if ours.done < count or noop.done < count:
+        result.notes.append(
+            f"Not finished within {timeout:g} s: ours {ours.done}/{count}, no-op {noop.done}/{count}."
+        )
+    if set(ledger) - {1}:
+        result.notes.append(
+            "Captures per order in the ledger (captures: orders): "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(ledger.items()))
+            + "."
+        )
+    result.notes.append(
+        f"Default backlog {DEFAULT_BACKLOG:,} (`--backlog N` to change; 10,000 adds minutes on this 2-core "
+        "machine and would push `make bench` past its 15-minute budget). "
+        + (__doc__ or "").split("\n\n", 1)[1].replace("\n", " ").strip()
+    )
+    drain_plot(
+        PLOTS / "backlog.png",
+        title=f"Draining {count:,} jobs with the stack's worker (prefork x 2)",
+        series={
+            f"payment jobs -> Confirmed ({ours.rate:,.0f}/s)": ours.curve,
+            f"no-op tasks ({noop.rate:,.0f}/s)": noop.curve,
+        },
+        total=count,
+    )
+    result.plots.append("bench/backlog.png")
+    return {"ours": ours, "noop": noop}

@@ -1,0 +1,147 @@
+"""Benchmark 3: placement with the payment circuit open, and with payment hanging until the circuit opens."""
+
+from __future__ import annotations
+
+import time
+
+from app.resilience import load_policies
+
+from .environment import PLOTS, ROOT
+from .load import LoadResult, run_wrk
+from .placement import LoadOptions
+from .plots import latency_plot
+from .results import BenchmarkResult, Measurement
+from .stack import BenchStack
+
+HANG_TOXIC = "bench_hang"
+
+
+def run(
+    result: BenchmarkResult,
+    stack: BenchStack,
+    *,
+    options: LoadOptions | None = None,
+    hang_seconds: float = 15.0,
+) -> dict[str, LoadResult]:
+    options = options or LoadOptions()
+    url = f"{stack.api}/api/orders"
+    payment = load_policies(ROOT / "resilience.toml").dependencies["payment"]
+    total_ms = payment.total_timeout * 1000
+    run_wrk(url, label="warm-up", duration=options.warmup, connections=options.connections)
+    healthy = run_wrk(url, label="healthy", duration=options.duration, connections=options.connections)
+
+    stack.isolate("payment")
+    try:
+        isolated = run_wrk(
+            url, label="circuit open", duration=options.duration, connections=options.connections
+        )
+    finally:
+        stack.reset("payment")
+    result.add(
+        Measurement(
+            "circuit open (isolated): p99 latency",
+            "ms",
+            isolated.p(99),
+            healthy.p(99),
+            "healthy payment p99, same minute",
+            isolated.command,
+            "<= 2x healthy p99",
+            2.0,
+            "lower",
+        )
+    )
+    result.add(
+        Measurement(
+            "circuit open (isolated): orders/s",
+            "orders/s",
+            isolated.ok_per_second,
+            healthy.ok_per_second,
+            "healthy payment, same minute",
+            isolated.command,
+        )
+    )
+    result.add(
+        Measurement(
+            "circuit open (isolated): slowest request",
+            "ms",
+            isolated.max_ms,
+            250.0,
+            "the contract's bound with the circuit open (250 ms)",
+            isolated.command,
+            "<= 250 ms",
+            1.0,
+            "lower",
+        )
+    )
+
+    hanging = _hanging(stack, url, options, hang_seconds)
+    result.add(
+        Measurement(
+            "payment hanging (chaos `timeout` toxic) until the circuit opens: slowest request",
+            "ms",
+            hanging.max_ms,
+            total_ms,
+            f"payment total_timeout ({payment.total_timeout:g} s)",
+            hanging.command,
+            "no request slower than total_timeout",
+            1.0,
+            "lower",
+        )
+    )
+    result.add(
+        Measurement(
+            "payment hanging: p99 latency",
+            "ms",
+            hanging.p(99),
+            healthy.p(99),
+            "healthy payment p99",
+            hanging.command,
+        )
+    )
+    result.add(
+        Measurement(
+            "payment hanging: orders/s",
+            "orders/s",
+            hanging.ok_per_second,
+            healthy.ok_per_second,
+            "healthy payment",
+            hanging.command,
+        )
+    )
+    for load in (isolated, hanging):
+        if load.non_2xx or load.socket_errors or load.timeouts:
+            result.notes.append(
+                f"{load.label}: {load.non_2xx} non-2xx, {load.socket_errors} socket errors, "
+                f"{load.timeouts} wrk timeouts."
+            )
+    result.notes.append(
+        f"Circuit open: `POST /admin/circuits/payment/isolate`, then {options.duration:g} s of wrk. "
+        "Hanging: a `timeout` toxic (timeout 0: hold the data) on the payment proxy's upstream for "
+        f"{hang_seconds:g} s of wrk (--timeout 15 s), starting with the circuit closed; the requests caught "
+        "before the circuit opens "
+        f"wait out attempt_timeout {payment.attempt_timeout:g} s, a retry, and total_timeout "
+        f"{payment.total_timeout:g} s. The slowest request includes the order's own work around the payment "
+        "call (catalog, inventory, two transactions)."
+    )
+    latency_plot(
+        PLOTS / "degraded.png",
+        title="Order placement with payment degraded",
+        series={"healthy": healthy, "circuit open": isolated, "payment hanging": hanging},
+    )
+    result.plots.append("bench/degraded.png")
+    return {"healthy": healthy, "isolated": isolated, "hanging": hanging}
+
+
+def _hanging(stack: BenchStack, url: str, options: LoadOptions, seconds: float) -> LoadResult:
+    with stack.chaos_client() as chaos:
+        chaos.add_toxic(
+            "payment", type="timeout", name=HANG_TOXIC, stream="upstream", attributes={"timeout": 0}
+        )
+        try:
+            return run_wrk(
+                url, label="payment hanging", duration=seconds, connections=options.connections, timeout=15.0
+            )
+        finally:
+            chaos.remove_toxic("payment", HANG_TOXIC)
+            time.sleep(0.2)
+            stack.reset("payment")

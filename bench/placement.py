@@ -1,0 +1,211 @@
+"""Benchmark 2: order placement throughput and latency against a naive endpoint served the same way."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from . import profiling
+from .environment import PLOTS, ROOT, Database, binary
+from .load import LoadResult, run_wrk
+from .plots import latency_plot
+from .results import BenchmarkResult, Measurement
+from .stack import BenchStack, free_ports, wait_http
+
+REAL_TIME_PAYMENTS = "RealTimePayments"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    duration: float = 12.0
+    warmup: float = 3.0
+    connections: int = 16
+    profile_seconds: float = 8.0
+
+
+@contextmanager
+def baseline_server(stack: BenchStack) -> Iterator[str]:
+    """The baseline app under gunicorn gthread, 2 processes x 8 threads, like the order API."""
+    port = free_ports(1)[0]
+    env = dict(stack.env)
+    env.update({"INVENTORY_URL": stack.proxies["inventory"], "PAYMENT_URL": stack.proxies["payment"]})
+    log = stack.log.parent / "baseline.log"
+    argv = [
+        binary("gunicorn"),
+        "-k",
+        "gthread",
+        "-w",
+        "2",
+        "--threads",
+        "8",
+        "--keep-alive",
+        "5",
+        "--log-level",
+        "warning",
+        "-b",
+        f"127.0.0.1:{port}",
+        "bench.baseline_app:create_app()",
+    ]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/health", timeout=30, process=process, log=log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+def pending_orders(db: Database) -> int:
+    from app.adapters.db import make_engine, read
+    from app.adapters.tables import orders
+
+    engine = make_engine(db.url, schema=db.schema, pool_size=1)
+    try:
+        with read(engine) as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(orders).where(orders.c.status == "PaymentPending")
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def wait_drained(db: Database, *, timeout: float) -> int:
+    """Wait until the workers have no PaymentPending order left (or `timeout`); returns what is left."""
+    deadline = time.monotonic() + timeout
+    left = pending_orders(db)
+    while left and time.monotonic() < deadline:
+        time.sleep(1.0)
+        left = pending_orders(db)
+    return left
+
+
+def compare(ours_url: str, base_url: str, options: LoadOptions) -> tuple[LoadResult, LoadResult]:
+    """Warm both up, then load ours and the baseline one after the other, within the same minute."""
+    for url in (ours_url, base_url):
+        run_wrk(url, label="warm-up", duration=options.warmup, connections=options.connections)
+    ours = run_wrk(ours_url, label="ours", duration=options.duration, connections=options.connections)
+    base = run_wrk(base_url, label="baseline", duration=options.duration, connections=options.connections)
+    return ours, base
+
+
+def _rows(
+    result: BenchmarkResult,
+    case: str,
+    ours: LoadResult,
+    base: LoadResult,
+    *,
+    baseline_name: str,
+    limit: float,
+) -> None:
+    result.add(
+        Measurement(
+            f"{case}: orders/s",
+            "orders/s",
+            ours.ok_per_second,
+            base.ok_per_second,
+            baseline_name,
+            ours.command,
+            f">= {limit:.0%} of the baseline",
+            limit,
+            "higher",
+        )
+    )
+    result.add(Measurement(f"{case}: p50 latency", "ms", ours.p(50), base.p(50), baseline_name, ours.command))
+    result.add(Measurement(f"{case}: p99 latency", "ms", ours.p(99), base.p(99), baseline_name, ours.command))
+    for load in (ours, base):
+        if load.non_2xx or load.socket_errors or load.timeouts:
+            result.notes.append(
+                f"{case}, {load.label}: {load.non_2xx} non-2xx answers, {load.socket_errors} "
+                f"socket errors, {load.timeouts} timeouts (not counted as orders)."
+            )
+
+
+def run(
+    result: BenchmarkResult,
+    stack: BenchStack,
+    db: Database,
+    *,
+    options: LoadOptions = LoadOptions(),
+    profile: bool = True,
+) -> dict[str, LoadResult]:
+    ours_url = f"{stack.api}/api/orders"
+    loads: dict[str, LoadResult] = {}
+    with baseline_server(stack) as base_url:
+        ours, base = compare(ours_url, f"{base_url}/healthy", options)
+        loads.update({"healthy_ours": ours, "healthy_base": base})
+        _rows(
+            result,
+            "(a) healthy payment",
+            ours,
+            base,
+            limit=0.8,
+            baseline_name="naive Flask: inventory GET + payment POST (requests), same writes",
+        )
+        latency_plot(
+            PLOTS / "placement-healthy.png",
+            title="Order placement, healthy payment (2 x 8 gthread)",
+            series={"OrderFlow": ours, "naive baseline": base},
+        )
+        result.plots.append("bench/placement-healthy.png")
+        if profile and result.measurements[-3].met is False:
+            result.notes += _profile(stack, ours_url, options, "(a)")
+
+        stack.set_flag(REAL_TIME_PAYMENTS, False)
+        try:
+            ours, base = compare(ours_url, f"{base_url}/deferred", options)
+            loads.update({"deferred_ours": ours, "deferred_base": base})
+            _rows(
+                result,
+                "(b) flag RealTimePayments off",
+                ours,
+                base,
+                limit=0.6,
+                baseline_name="naive Flask: inventory GET + same INSERTs + one Celery enqueue",
+            )
+            latency_plot(
+                PLOTS / "placement-flag-off.png",
+                title="Order placement, RealTimePayments off",
+                series={"OrderFlow": ours, "naive baseline": base},
+            )
+            result.plots.append("bench/placement-flag-off.png")
+            if profile and result.measurements[-3].met is False:
+                result.notes += _profile(stack, ours_url, options, "(b)")
+        finally:
+            stack.set_flag(REAL_TIME_PAYMENTS, True)
+    result.notes.append(
+        f"wrk: 1 thread, {options.connections} keep-alive connections, {options.duration:g} s per run "
+        "after a "
+        f'{options.warmup:g} s warm-up of each; body `{{"customer_id": 7, "lines": [{{"product_id": 1, '
+        '"quantity": 1}]}`. The stack\'s Celery workers run throughout (relay, notifications, and in (b) the '
+        "payment jobs of both ours' and the baseline's orders)."
+    )
+    return loads
+
+
+def _profile(stack: BenchStack, url: str, options: LoadOptions, case: str) -> list[str]:
+    workers = stack.api_workers()
+    if not workers or not profiling.available():
+        return [f"{case}: no profile (py-spy or the API processes not found)."]
+    _, lines = profiling.profile_while(
+        workers[0],
+        lambda: run_wrk(
+            url, label="profiled", duration=options.profile_seconds, connections=options.connections
+        ),
+        seconds=options.profile_seconds,
+    )
+    return [f"{case} profile of one API process under the same load (py-spy): " + "; ".join(lines)]

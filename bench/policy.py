@@ -1,0 +1,278 @@
+"""Benchmark 1: what the policies cost per call on the happy path, in this process.
+
+Every contender wraps the same do-nothing call; its overhead is its time per call minus the bare call's.
+Contenders are timed in interleaved rounds (each round times every contender once) and the median round
+is kept, so a noisy second hurts all of them alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.resilience import (
+    Bulkhead,
+    CircuitBreaker,
+    LocalBreakerStore,
+    RedisBreakerStore,
+    ResiliencePipeline,
+    RetryPolicy,
+    build_pipeline,
+    parse_policies,
+)
+from app.resilience.shared_state import _ACQUIRE
+
+from .results import BenchmarkResult, Measurement
+
+Timer = Callable[[int], float]  # runs n calls, returns seconds
+
+
+@dataclass(frozen=True)
+class PolicyCounts:
+    calls: int = 20_000  # per round, in-process contenders
+    redis_calls: int = 2_000  # per round, contenders that talk to Redis
+    rounds: int = 7
+
+
+def _timer(fn: Callable[[], Any]) -> Timer:
+    def run(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return time.perf_counter() - started
+
+    return run
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+def our_pipeline(*, store: Any = None) -> ResiliencePipeline[Any]:
+    """Retry, attempt and total timeouts, bulkhead and circuit breaker, with the payment defaults."""
+    policies = parse_policies("")
+    pay = policies.dependencies["payment"]
+    assert pay.circuit_breaker is not None and pay.bulkhead is not None
+    cb = pay.circuit_breaker
+    breaker = CircuitBreaker(
+        "payment",
+        failure_ratio=cb.failure_ratio,
+        sampling_duration=cb.sampling_duration,
+        minimum_throughput=cb.minimum_throughput,
+        break_duration=cb.break_duration,
+        probe_timeout=pay.attempt_timeout,
+        store=store or LocalBreakerStore(),
+    )
+    return ResiliencePipeline(
+        "payment",
+        attempt_timeout=pay.attempt_timeout,
+        total_timeout=pay.total_timeout,
+        retry=RetryPolicy(
+            max_retries=pay.retry.max_retries,
+            base_delay=pay.retry.base_delay,
+            max_delay=pay.retry.max_delay,
+            backoff=pay.retry.backoff,
+            jitter=pay.retry.jitter,
+        ),
+        breaker=breaker,
+        bulkhead=Bulkhead(
+            max_concurrency=pay.bulkhead.max_concurrency, max_queue=pay.bulkhead.max_queue, name="payment"
+        ),
+    )
+
+
+def full_payment_pipeline(*, store: Any = None) -> ResiliencePipeline[Any]:
+    """The `[dependencies.payment]` section as the API builds it: the above plus the retry budget."""
+    return build_pipeline("payment", parse_policies("").dependencies["payment"], store=store, hedging=False)
+
+
+def tenacity_call() -> Callable[[], Any]:
+    import tenacity
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(2),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=2.0),
+        retry=tenacity.retry_if_exception_type(OSError),
+        reraise=True,
+    )
+    def call() -> None:
+        return None
+
+    return call
+
+
+def pybreaker_call() -> Callable[[], Any]:
+    import pybreaker
+
+    breaker = pybreaker.CircuitBreaker(fail_max=10, reset_timeout=30)
+    return lambda: breaker.call(_noop)
+
+
+def measure(timers: dict[str, Timer], *, calls: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each timer over interleaved rounds (after one warm-up round)."""
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for round_no in range(rounds + 1):
+        for name, timer in timers.items():
+            gc.collect()
+            elapsed = timer(calls) / calls
+            if round_no:
+                samples[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run(
+    result: BenchmarkResult,
+    *,
+    counts: PolicyCounts = PolicyCounts(),
+    redis_url: str | None = None,
+    redis_prefix: str = "bench",
+    redis_note: str = "",
+) -> BenchmarkResult:
+    ours = our_pipeline()
+    full = full_payment_pipeline()
+    timers: dict[str, Timer] = {
+        "bare": _timer(lambda: _noop(None)),
+        "ours": _timer(lambda: ours.execute(_noop)),
+        "ours_full": _timer(lambda: full.execute(_noop)),
+        "tenacity": _timer(tenacity_call()),
+        "pybreaker": _timer(pybreaker_call()),
+    }
+    per_call = measure(timers, calls=counts.calls, rounds=counts.rounds)
+    bare = per_call["bare"]
+    overhead = {name: max(0.0, t - bare) * 1e6 for name, t in per_call.items() if name != "bare"}
+    command = "python -m bench policy"
+    result.raw["per_call_us"] = {name: t * 1e6 for name, t in per_call.items()}
+    result.add(
+        Measurement(
+            "pipeline overhead per call: retry + attempt/total timeouts + bulkhead + local breaker",
+            "µs",
+            overhead["ours"],
+            overhead["tenacity"],
+            "tenacity 9 `@retry` (2 attempts, exponential jitter)",
+            command,
+            "<= 1/4 of tenacity",
+            0.25,
+            "lower",
+        )
+    )
+    result.add(
+        Measurement(
+            "the same plus the retry budget (the payment section as the API builds it)",
+            "µs",
+            overhead["ours_full"],
+            overhead["tenacity"],
+            "tenacity 9 `@retry`",
+            command,
+            "",
+            None,
+            "none",
+        )
+    )
+    result.add(
+        Measurement(
+            "pipeline overhead per call vs pybreaker",
+            "µs",
+            overhead["ours"],
+            overhead["pybreaker"],
+            "pybreaker `CircuitBreaker.call`",
+            command,
+            "",
+            None,
+            "none",
+        )
+    )
+    result.notes.append(
+        f"Median of {counts.rounds} interleaved rounds of {counts.calls:,} calls of a do-nothing function; "
+        f"overhead = time per call minus the bare call's ({bare * 1e9:.0f} ns)."
+    )
+    if redis_url is not None:
+        _shared(result, counts=counts, redis_url=redis_url, redis_prefix=redis_prefix, command=command)
+        if redis_note:
+            result.notes.append(f"Redis: {redis_note}.")
+    return result
+
+
+def _acquire_script_call(store: RedisBreakerStore) -> tuple[list[str], list[Any]]:
+    """The keys and arguments the store sends for a first attempt with the circuit closed, no budget."""
+    base = f"{store._prefix}:cb:payment:"  # noqa: SLF001 - mirrors the store's key layout for the split
+    keys = [base + part for part in ("open", "isolated", "tripped", "probe", "budget")]
+    return keys, ["1", "0", "0", 0, 0, 0, 5000, "bench:1"]
+
+
+def _shared(
+    result: BenchmarkResult, *, counts: PolicyCounts, redis_url: str, redis_prefix: str, command: str
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.05, socket_connect_timeout=0.05)
+    store = RedisBreakerStore(client, key_prefix=f"{redis_prefix}:policy")
+    full_store = RedisBreakerStore(client, key_prefix=f"{redis_prefix}:policy-full")
+    shared = our_pipeline(store=store)
+    shared_full = full_payment_pipeline(store=full_store)
+    ping_client = redis.Redis.from_url(redis_url, socket_timeout=0.05, socket_connect_timeout=0.05)
+    # The acquire script on its own, called by redis-py without the store around it: splits the store's
+    # cost into what Redis spends running the script and what the Python side adds.
+    script_keys, script_args = _acquire_script_call(store)
+    acquire_sha = ping_client.script_load(_ACQUIRE)
+    timers: dict[str, Timer] = {
+        "bare": _timer(lambda: _noop(None)),
+        "ping": _timer(ping_client.ping),
+        "evalsha": _timer(
+            lambda: ping_client.evalsha(acquire_sha, len(script_keys), *script_keys, *script_args)
+        ),
+        "shared": _timer(lambda: shared.execute(_noop)),
+        "shared_full": _timer(lambda: shared_full.execute(_noop)),
+    }
+    try:
+        per_call = measure(timers, calls=counts.redis_calls, rounds=counts.rounds)
+    finally:
+        store.close()
+        full_store.close()
+        ping_client.close()
+    bare = per_call["bare"]
+    result.raw["shared_per_call_us"] = {name: t * 1e6 for name, t in per_call.items()}
+    ping = (per_call["ping"] - bare) * 1e6
+    result.add(
+        Measurement(
+            "shared breaker (RedisBreakerStore) cost per call",
+            "µs",
+            (per_call["shared"] - bare) * 1e6,
+            ping,
+            "one Redis PING (redis-py, same socket settings)",
+            command,
+            "<= 1 synchronous Redis round trip",
+            1.0,
+            "lower",
+            note="pipeline as above, circuit state in Redis",
+        )
+    )
+    result.add(
+        Measurement(
+            "of which: the store's acquire script alone (one EVALSHA from redis-py)",
+            "µs",
+            (per_call["evalsha"] - bare) * 1e6,
+            ping,
+            "one Redis PING",
+            command,
+            "",
+            None,
+            "none",
+        )
+    )
+    result.add(
+        Measurement(
+            "shared breaker + shared retry budget (the API's payment pipeline)",
+            "µs",
+            (per_call["shared_full"] - bare) * 1e6,
+            ping,
+            "one Redis PING",
+            command,
+            "<= 1 synchronous Redis round trip",
+            1.0,
+            "lower",
+        )
+    )
