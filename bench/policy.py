@@ -263,6 +263,18 @@ def _shared(
             "none",
         )
     )
+    script = (per_call["evalsha"] - bare) * 1e6
+    python_side = (per_call["shared"] - per_call["evalsha"]) * 1e6
+    result.notes.append(
+        f"Where the shared breaker's cost goes: the acquire script alone costs {script:.0f} µs "
+        f"({script / ping:.2f} PINGs) - per attempt Redis runs a Lua script (app/resilience/shared_state.py "
+        "`_ACQUIRE` with `_PRELUDE`: `redis.replicate_commands()`, `TIME`, `EXISTS isolated`, `GET open`, "
+        "`GET tripped`) where PING runs no command at all; the Python side (`RedisBreakerStore._admit`: the "
+        "key tuple, an 8-item argument list, `_token()` formatting pid and thread id, redis-py "
+        f"`Script.__call__`) adds {python_side:.0f} µs. With the retry budget on, the same script also "
+        "reads the whole budget hash (`HGETALL` in `window_sums`) and writes it (`HINCRBY`, `PEXPIRE`). "
+        "Outcomes cost no round trip (batched by the flusher thread)."
+    )
     result.add(
         Measurement(
             "shared breaker + shared retry budget (the API's payment pipeline)",
