@@ -45,6 +45,8 @@ def mark_payment_published(
             and_(
                 payment_jobs.c.order_id == order_id,
                 payment_jobs.c.state == "pending",
+                # Still due: a worker may have deferred or rescheduled it since the relay read it.
+                payment_jobs.c.next_attempt_at <= now,
                 or_(payment_jobs.c.published_at.is_(None), payment_jobs.c.published_at < republish_before),
             )
         )

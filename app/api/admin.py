@@ -72,7 +72,9 @@ def set_flag(name: str) -> Response:
     document = read_json_body(request)
     if not isinstance(document, dict) or not isinstance(document.get("enabled"), bool):
         raise validation_problem([{"field": "enabled", "message": "must be true or false"}])
-    flag = _services().flags.set(name, enabled=document["enabled"], by="admin-api")
+    flag = None
+    if len(name) <= 60 and name.isprintable():
+        flag = _services().flags.set(name, enabled=document["enabled"], by="admin-api")
     if flag is None:
         raise Problem(404, "Unknown flag", f"There is no flag {name!r}.", slug="not-found")
     return _json(200, flag.to_dict())

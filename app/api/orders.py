@@ -114,7 +114,9 @@ def _stored_problem(problem: Problem) -> StoredResponse:
 
 @bp.get("/api/orders/<order_id>")
 def get_order(order_id: str) -> Response:
-    order = ordering.get_order(_services().engine, order_id) if len(order_id) <= 40 else None
+    # Ids are short printable text; anything else (a NUL, say) cannot name an order and never reaches the database.
+    valid = len(order_id) <= 40 and order_id.isprintable()
+    order = ordering.get_order(_services().engine, order_id) if valid else None
     if order is None:
         raise Problem(404, "Order not found", f"There is no order {order_id!r}.", slug="not-found")
     return _json(200, order.to_dict())

@@ -71,10 +71,6 @@ def pending_order(engine: Engine, *, due_at: datetime) -> str:
     return order.id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mark_payment_published (app/adapters/jobs_repository.py) does not check that the job is still due: a "
-    "job rescheduled between the relay's select and its mark is marked published, its message is skipped "
-    "as not due, and the relay hands it out again only after republish_after"))
 def test_a_job_deferred_while_the_relay_publishes_it_runs_when_its_deferral_ends(engine: Engine) -> None:
     clock = Clock()
     first = pending_order(engine, due_at=clock() - timedelta(seconds=1))

@@ -142,33 +142,21 @@ def test_every_operation_answers_as_documented(case: schemathesis.Case, running_
 ON_POSTGRESQL = not os.environ.get("DATABASE_URL", "sqlite").startswith("sqlite")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (app/api/dead_letters.py): an id past 64 bits reaches the database unchecked: SQLite raises "
-    "OverflowError -> 500; PostgreSQL 'integer out of range' -> 503 database-unavailable"))
 def test_replay_of_a_dead_letter_id_past_64_bits_is_404(stack: Stack) -> None:
     response = stack.client.post("/admin/dead-letters/99999999999999999999999/replay", headers=stack.admin())
     assert response.status_code == 404, response.get_data(as_text=True)
 
 
-@pytest.mark.xfail(ON_POSTGRESQL, strict=True, reason=(
-    "product bug (app/api/dead_letters.py): on PostgreSQL an id past 32 bits fails the integer column "
-    "('integer out of range') and is answered 503 database-unavailable"))
 def test_replay_of_a_dead_letter_id_past_32_bits_is_404(stack: Stack) -> None:
     response = stack.client.post(f"/admin/dead-letters/{MAX_ID + 1}/replay", headers=stack.admin())
     assert response.status_code == 404, response.get_data(as_text=True)
 
 
-@pytest.mark.xfail(ON_POSTGRESQL, strict=True, reason=(
-    "product bug (app/api/orders.py): PostgreSQL refuses a NUL character in a string parameter and the "
-    "error is answered 503 database-unavailable"))
 def test_order_id_with_a_nul_character_is_404(stack: Stack) -> None:
     response = stack.client.get("/api/orders/%00")
     assert response.status_code == 404, response.get_data(as_text=True)
 
 
-@pytest.mark.xfail(ON_POSTGRESQL, strict=True, reason=(
-    "product bug (app/api/admin.py): PostgreSQL refuses a NUL character in a string parameter and the "
-    "error is answered 503 database-unavailable"))
 def test_flag_name_with_a_nul_character_is_404(stack: Stack) -> None:
     response = stack.client.put("/admin/flags/%00", json={"enabled": True}, headers=stack.admin())
     assert response.status_code == 404, response.get_data(as_text=True)
