@@ -7,6 +7,7 @@ with the worker. A prefork child that is replaced later builds its own services 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -101,7 +102,8 @@ def metrics_server(services: Any, *, port: int) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not worth a line
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    # 127.0.0.1 on a developer's machine; a container sets WORKER_METRICS_HOST=0.0.0.0 so Prometheus can scrape it.
+    server = ThreadingHTTPServer((os.environ.get("WORKER_METRICS_HOST") or "127.0.0.1", port), Handler)
     server.daemon_threads = True
     return server
 

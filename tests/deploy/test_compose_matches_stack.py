@@ -45,10 +45,7 @@ LOOPBACK, ALL_INTERFACES = "127.0.0.1", "0.0.0.0"
 READ_BY_LIBRARIES = {"PROMETHEUS_MULTIPROC_DIR": "prometheus_client's multiprocess mode"}
 # Real mismatches, known and reported. Each turns into a failure (strict xfail) once fixed, so its entry
 # here gets removed with the fix.
-KNOWN_UNREAD_VARIABLES = {
-    "WORKER_METRICS_HOST": "no code reads it: the worker's metrics server binds 127.0.0.1 "
-                           "(workers/bootsteps.py), so Prometheus cannot scrape worker:9808 in compose",
-}
+KNOWN_UNREAD_VARIABLES: dict[str, str] = {}
 # --- reading both sides -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
