@@ -288,6 +288,8 @@ def mark_notification_published(
             and_(
                 notification_jobs.c.id == job_id,
                 notification_jobs.c.state == "pending",
+                # Still due: a retry may have been scheduled since the relay read it.
+                notification_jobs.c.next_attempt_at <= now,
                 or_(notification_jobs.c.published_at.is_(None),
                     notification_jobs.c.published_at < republish_before),
             )
