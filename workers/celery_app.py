@@ -4,15 +4,20 @@ those live in worker memory and come back through visibility_timeout redelivery,
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from app.config import Settings, celery_broker_url
 
 PROCESS_PAYMENT = "orderflow.process_payment"
 SEND_NOTIFICATION = "orderflow.send_notification"
 DEAD_LETTER = "orderflow.dead_letter"
+logger = logging.getLogger("orderflow.worker")
+
 QUEUES = {PROCESS_PAYMENT: "payments", SEND_NOTIFICATION: "notifications", DEAD_LETTER: "dead_letter"}
 
 # A publish that cannot reach the broker gives up fast: the outbox row, not the publisher, guarantees the job
@@ -95,16 +100,38 @@ def make_celery(settings: Settings | None = None, *, role: str = "worker") -> Ce
 
 
 def _leave_unacknowledged_messages_in_redis() -> None:
-    """Do not push unacknowledged messages back when a broker channel closes.
+    """Leave a message in Redis's unacked set when its channel is gone, instead of stopping the worker.
 
-    When Redis goes away while a task runs, kombu closes the channel and tries to restore the in-flight
-    message through the connection that is already gone; that fails with an AttributeError, which Celery
-    treats as unrecoverable, and the whole worker stops. The message needs no restoring: it stays in Redis's
-    unacked set (restored after visibility_timeout), and the outbox relay republishes its job anyway.
+    When Redis goes away while tasks run, kombu closes the channel; a task that finishes afterwards acks (or
+    rejects) through that closed channel, whose connection is None, and kombu fails with an AttributeError
+    that Celery treats as unrecoverable: the whole worker stops (celery#9250 shows the same path on AMQP).
+    Shutdown does the same when it restores in-flight messages. None of them needs the broker: the message
+    stays in the unacked set (restored after visibility_timeout), and the outbox relay republishes its job
+    anyway, whose claim makes any rerun harmless. So on a closed channel only the local bookkeeping is dropped.
     """
-    from kombu.transport import redis as kombu_redis
+    kombu_redis.Channel.QoS = BrokerLossTolerantQoS
 
-    kombu_redis.QoS.restore_at_shutdown = False
+
+class BrokerLossTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's Redis QoS, except that acking or rejecting on a closed channel only forgets the message."""
+
+    restore_at_shutdown = False
+
+    def _channel_lost(self, delivery_tag: str, action: str) -> bool:
+        if self.channel.connection is not None:
+            return False
+        logger.warning("broker channel closed: message %s left unacknowledged in the broker (%s)",
+                       delivery_tag, action)
+        virtual.QoS.ack(self, delivery_tag)
+        return True
+
+    def ack(self, delivery_tag: str) -> None:
+        if not self._channel_lost(delivery_tag, "ack"):
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if not self._channel_lost(delivery_tag, "reject"):
+            super().reject(delivery_tag, requeue=requeue)
 
 
 __all__ = ["DEAD_LETTER", "PROCESS_PAYMENT", "QUEUES", "SEND_NOTIFICATION", "celery_config", "make_celery"]

@@ -125,10 +125,6 @@ def test_worker_main_process_killed_mid_job_is_recovered_by_the_next_worker(stac
         assert len(stack.captures(order.id)) == 1
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue 3 left open: when the broker's Redis goes away mid-run the Celery worker sometimes stops "
-    "with kombu's unrecoverable AttributeError('NoneType' object has no attribute 'client'), so the orders "
-    "wait for a worker restart"))
 def test_orders_placed_while_the_broker_is_down_are_processed_when_it_returns(
     tmp_path: Path, key_prefix: str
 ) -> None:
