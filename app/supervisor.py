@@ -3,7 +3,10 @@
 Starts (on 127.0.0.1) an embedded Redis unless REDIS_URL is set, applies the migrations, then the
 simulators, the chaos proxy, the order API and the Celery worker. Ctrl-C or SIGTERM stops them in
 order — API and worker first, Redis last — and SIGKILLs whatever is left at 9 s, so nothing outlives it.
-If any process dies on its own the supervisor stops the rest and exits non-zero, as foreman does.
+A process that dies on its own is restarted after a short backoff (what `restart: unless-stopped` does in
+docker-compose.yml): a crashed worker must not leave orders waiting. One that keeps dying (more than
+RESTART_LIMIT exits within RESTART_WINDOW) stops the stack with a non-zero exit, as does the embedded Redis
+exiting, since every process depends on it.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.config import ROOT, Settings, var_dir
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
+RESTART_LIMIT = 5  # exits of one process within RESTART_WINDOW that it is restarted after; one more stops all
+RESTART_WINDOW = 60.0
+RESTART_DELAY_MAX = 8.0  # the backoff doubles from 0.5 s per recent exit, up to this
 
 
 @dataclass(frozen=True)
@@ -113,11 +120,32 @@ def _admin_token(var: Path) -> str:
     return token
 
 
+@dataclass
+class Child:
+    """One supervised process: what to run, the process running it now, and its recent exits."""
+
+    spec: ProcessSpec
+    env: Mapping[str, str]
+    proc: subprocess.Popen[bytes]
+    exits: deque[float] = field(default_factory=deque)
+    restart_at: float | None = None
+
+    @classmethod
+    def start(cls, spec: ProcessSpec, env: Mapping[str, str]) -> Child:
+        return cls(spec, env, _spawn(spec, env))
+
+
+def _spawn(spec: ProcessSpec, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    # Each child leads its own process group, so a stop or a restart reaches its pool processes too.
+    return subprocess.Popen(spec.argv, env=dict(env), cwd=ROOT, start_new_session=True)
+
+
 class Supervisor:
-    def __init__(self) -> None:
-        self.children: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.children: list[Child] = []
         self.redis: subprocess.Popen[bytes] | None = None
         self.stopping = False
+        self._clock = clock
 
     def log(self, message: str) -> None:
         print(f"[orderflow] {message}", file=sys.stderr, flush=True)
@@ -155,8 +183,7 @@ class Supervisor:
                 child_env = dict(env)
                 if spec.name in ("api", "worker"):
                     child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir / spec.name)
-                proc = subprocess.Popen(spec.argv, env=child_env, cwd=ROOT, start_new_session=True)
-                self.children.append((spec, proc))
+                self.children.append(Child.start(spec, child_env))
             if not self.stopping:
                 self._banner(settings, env["ADMIN_TOKEN"], simulator_ports, proxy_ports)
             return self._watch()
@@ -198,18 +225,43 @@ class Supervisor:
         for kind, sim, proxy in zip(DEPENDENCIES, sims, proxies, strict=True):
             self.log(f"{kind + ' sim':<15} http://127.0.0.1:{sim} (the app calls it through the proxy :{proxy})")
 
-    def _watch(self) -> int:
+    def _watch(self, *, interval: float = 0.2) -> int:
         while not self.stopping:
-            for spec, proc in self.children:
-                code = proc.poll()
-                if code is not None:
-                    self.log(f"{spec.name} exited with {code}; stopping the stack")
-                    return 1
+            if not self.check_children():
+                return 1
             if self.redis is not None and self.redis.poll() is not None:
                 self.log("redis exited; stopping the stack")
                 return 1
-            time.sleep(0.2)
+            time.sleep(interval)
         return 0
+
+    def check_children(self) -> bool:
+        """Restart what exited, after its backoff; False when one keeps dying and the stack must stop."""
+        now = self._clock()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at and not self.stopping:
+                    child.restart_at = None
+                    child.proc = _spawn(child.spec, child.env)
+                    self.log(f"{child.spec.name} restarted (pid {child.proc.pid})")
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            # Whatever the dead process left in its group (a Celery pool child, say) goes with it: its jobs
+            # are leased, so the relay hands them out again.
+            _signal_group(child.proc, signal.SIGKILL)
+            child.exits.append(now)
+            while child.exits and child.exits[0] < now - RESTART_WINDOW:
+                child.exits.popleft()
+            if len(child.exits) > RESTART_LIMIT:
+                self.log(f"{child.spec.name} exited with {code}, {len(child.exits)} times in "
+                         f"{RESTART_WINDOW:.0f} s; stopping the stack")
+                return False
+            delay = min(RESTART_DELAY_MAX, 0.5 * 2 ** (len(child.exits) - 1))
+            child.restart_at = now + delay
+            self.log(f"{child.spec.name} exited with {code}; restarting it in {delay:g} s")
+        return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self.stopping:
@@ -219,8 +271,8 @@ class Supervisor:
     def stop(self) -> None:
         self.stopping = True
         started = time.monotonic()
-        for rank in sorted({spec.stop_rank for spec, _ in self.children}):
-            group = [proc for spec, proc in self.children if spec.stop_rank == rank]
+        for rank in sorted({child.spec.stop_rank for child in self.children}):
+            group = [child.proc for child in self.children if child.spec.stop_rank == rank]
             for proc in group:
                 _signal_group(proc, signal.SIGTERM)
             # Each rank gets its share of the budget; the last one waits until the kill deadline.
@@ -228,7 +280,7 @@ class Supervisor:
         if self.redis is not None:
             _signal_group(self.redis, signal.SIGTERM)
             _wait_all([self.redis], until=started + STOP_BUDGET)
-        leftovers = [proc for _, proc in self.children] + ([self.redis] if self.redis else [])
+        leftovers = [child.proc for child in self.children] + ([self.redis] if self.redis else [])
         for proc in leftovers:
             _signal_group(proc, signal.SIGKILL)
         for proc in leftovers:

@@ -130,6 +130,13 @@ def _compose_listen_port(name: str, service: dict[str, Any]) -> int:
     return int(env_port)
 
 
+def test_compose_restarts_every_process_make_run_restarts(services: dict[str, Any]) -> None:
+    """The supervisor starts a process that died on its own again; compose must do the same."""
+    policies = {name: services[name].get("restart", "no") for name in STACK_TO_COMPOSE.values()}
+    assert all(policy in ("unless-stopped", "always") for policy in policies.values()), policies
+    assert services["migrate"].get("restart") == "no", "a one-shot migration must not loop"
+
+
 # --- processes and ports --------------------------------------------------------------------------------
 
 def test_compose_runs_a_service_for_every_process_of_make_run(

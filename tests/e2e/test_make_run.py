@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.stack import RunningStack, running_stack, stop_stack
+from tests.stack import RunningStack, alive, descendants, running_stack, stop_stack
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,48 @@ def test_parallel_requests_with_one_idempotency_key_make_one_order(stack: Runnin
     replay = send(0)
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
     assert replay.content == originals[0].content
+
+
+def test_a_worker_killed_outright_is_restarted_and_pending_orders_still_confirm(stack: RunningStack) -> None:
+    def worker_main() -> int | None:
+        supervisor = [pid for pid in descendants(stack.process.pid) if b"app.supervisor" in _cmdline(pid)]
+        for pid in descendants(supervisor[0]) if supervisor else ():
+            if b"celery" in _cmdline(pid) and _parent(pid) == supervisor[0] and alive(pid):
+                return pid
+        return None
+
+    killed = worker_main()
+    assert killed is not None, stack.tail()
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while (restarted := worker_main()) in (None, killed):
+        assert time.monotonic() < deadline, f"no new worker:\n{stack.tail()}"
+        time.sleep(0.1)
+    assert stack.process.poll() is None, "the stack stopped instead of restarting its worker"
+
+    requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": False}, timeout=5).raise_for_status()
+    try:
+        pending = stack.order().json()
+        assert pending["status"] == "PaymentPending"
+    finally:
+        requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": True}, timeout=5).raise_for_status()
+    assert stack.wait_for_status(pending["id"], "Confirmed", timeout=40)["status"] == "Confirmed", stack.tail()
+    assert len(stack.captures(pending["id"])) == 1
+    assert worker_main() == restarted
+    assert "worker exited with -9; restarting it" in stack.log.read_text(errors="replace")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
