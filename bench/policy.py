@@ -8,6 +8,7 @@ is kept, so a noisy second hurts all of them alike.
 from __future__ import annotations
 
 import gc
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -23,8 +24,9 @@ from app.resilience import (
     RetryPolicy,
     build_pipeline,
     parse_policies,
+    shared_state,
 )
-from app.resilience.shared_state import _ACQUIRE
+from app.resilience.shared_state import _ACQUIRE, connection_factory, pack_command
 
 from .results import BenchmarkResult, Measurement
 
@@ -196,11 +198,30 @@ def run(
     return result
 
 
-def _acquire_script_call(store: RedisBreakerStore) -> tuple[list[str], list[Any]]:
+def _acquire_script_call(store: RedisBreakerStore) -> tuple[list[str], list[str]]:
     """The keys and arguments the store sends for a first attempt with the circuit closed, no budget."""
     base = f"{store._prefix}:cb:payment:"  # noqa: SLF001 - mirrors the store's key layout for the split
     keys = [base + part for part in ("open", "isolated", "tripped", "probe", "budget")]
-    return keys, ["1", "0", "0", 0, 0, 0, 5000, "bench:1"]
+    return keys, ["1", "0", "0", "0", "0", "0", "5000", "bench:1"]
+
+
+class _WarningCount(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def _packed(connection: Any, command: list[bytes]) -> Callable[[], Any]:
+    """One command packed beforehand, sent on a connection of its own: how the store sends its admission."""
+
+    def call() -> Any:
+        connection.send_packed_command(command, False)
+        return connection.read_response()
+
+    return call
 
 
 def _shared(
@@ -214,33 +235,45 @@ def _shared(
     shared = our_pipeline(store=store)
     shared_full = full_payment_pipeline(store=full_store)
     ping_client = redis.Redis.from_url(redis_url, socket_timeout=0.05, socket_connect_timeout=0.05)
-    # The acquire script on its own, called by redis-py without the store around it: splits the store's
-    # cost into what Redis spends running the script and what the Python side adds.
+    # The acquire script on its own, sent as the store sends it but without the store and pipeline around
+    # it: splits the store's cost into the round trip with the script and what the Python side adds. The
+    # floor: a PING and an empty script sent the same way.
     script_keys, script_args = _acquire_script_call(store)
     acquire_sha = ping_client.script_load(_ACQUIRE)
+    empty_sha = ping_client.script_load("return 0")
+    lean = connection_factory(ping_client)()
+    lean.connect()
+    # A timed-out call is decided locally, which is cheaper than Redis: count them, the note says so.
+    went_local = _WarningCount()
+    logging.getLogger(shared_state.__name__).addHandler(went_local)
     timers: dict[str, Timer] = {
         "bare": _timer(lambda: _noop(None)),
         "ping": _timer(ping_client.ping),
-        "evalsha": _timer(
-            lambda: ping_client.evalsha(acquire_sha, len(script_keys), *script_keys, *script_args)
-        ),
+        "ping_packed": _timer(_packed(lean, pack_command("PING"))),
+        "empty_packed": _timer(_packed(lean, pack_command(
+            "EVALSHA", empty_sha, str(len(script_keys)), *script_keys, *script_args))),
+        "evalsha": _timer(_packed(lean, pack_command(
+            "EVALSHA", acquire_sha, str(len(script_keys)), *script_keys, *script_args))),
         "shared": _timer(lambda: shared.execute(_noop)),
         "shared_full": _timer(lambda: shared_full.execute(_noop)),
     }
     try:
         per_call = measure(timers, calls=counts.redis_calls, rounds=counts.rounds)
     finally:
+        logging.getLogger(shared_state.__name__).removeHandler(went_local)
         store.close()
         full_store.close()
+        lean.disconnect()
         ping_client.close()
     bare = per_call["bare"]
     result.raw["shared_per_call_us"] = {name: t * 1e6 for name, t in per_call.items()}
-    ping = (per_call["ping"] - bare) * 1e6
+    us = {name: (t - bare) * 1e6 for name, t in per_call.items()}
+    ping = us["ping"]
     result.add(
         Measurement(
             "shared breaker (RedisBreakerStore) cost per call",
             "µs",
-            (per_call["shared"] - bare) * 1e6,
+            us["shared"],
             ping,
             "one Redis PING (redis-py, same socket settings)",
             command,
@@ -252,9 +285,9 @@ def _shared(
     )
     result.add(
         Measurement(
-            "of which: the store's acquire script alone (one EVALSHA from redis-py)",
+            "of which: the store's acquire script alone (one EVALSHA, packed, on a connection of its own)",
             "µs",
-            (per_call["evalsha"] - bare) * 1e6,
+            us["evalsha"],
             ping,
             "one Redis PING",
             command,
@@ -263,23 +296,53 @@ def _shared(
             "none",
         )
     )
-    script = (per_call["evalsha"] - bare) * 1e6
-    python_side = (per_call["shared"] - per_call["evalsha"]) * 1e6
+    result.add(
+        Measurement(
+            "floor: an EVALSHA of an empty script, sent the same way",
+            "µs",
+            us["empty_packed"],
+            ping,
+            "one Redis PING",
+            command,
+            "",
+            None,
+            "none",
+        )
+    )
+    result.add(
+        Measurement(
+            "floor: a PING sent the same way",
+            "µs",
+            us["ping_packed"],
+            ping,
+            "one Redis PING",
+            command,
+            "",
+            None,
+            "none",
+        )
+    )
     result.notes.append(
-        f"Where the shared breaker's cost goes: the acquire script alone costs {script:.0f} µs "
-        f"({script / ping:.2f} PINGs) - per attempt Redis runs a Lua script (app/resilience/shared_state.py "
-        "`_ACQUIRE` with `_PRELUDE`: `redis.replicate_commands()`, `TIME`, `EXISTS isolated`, `GET open`, "
-        "`GET tripped`) where PING runs no command at all; the Python side (`RedisBreakerStore._admit`: the "
-        "key tuple, an 8-item argument list, `_token()` formatting pid and thread id, redis-py "
-        f"`Script.__call__`) adds {python_side:.0f} µs. With the retry budget on, the same script also "
-        "reads the whole budget hash (`HGETALL` in `window_sums`) and writes it (`HINCRBY`, `PEXPIRE`). "
-        "Outcomes cost no round trip (batched by the flusher thread)."
+        f"Where the shared breaker's cost goes: the round trip with the acquire script costs {us['evalsha']:.0f} µs "
+        f"and the Python side (pipeline and `RedisBreakerStore._admit`) adds {us['shared'] - us['evalsha']:.0f} µs. "
+        "The store sends one EVALSHA per attempt, packed once per circuit, flags and thread, on the thread's own "
+        "connection (app/resilience/shared_state.py `RedisBreakerStore._call`); with the circuit closed the "
+        "script (`_ACQUIRE`) reads the three flag keys with one MGET and answers a bare integer; with the retry "
+        "budget on it also reads TIME and bumps one hash field (HINCRBY; a bucket's first write prunes old "
+        "buckets and sets PEXPIRE). Outcomes cost no round trip (batched by the flusher thread). The floor on "
+        f"this machine: a PING sent the same way costs {us['ping_packed']:.0f} µs "
+        f"({us['ping_packed'] / ping:.2f} of redis-py's, whose generic command path - pool checkout with a "
+        f"readiness check (a second recv), packing, instrumentation, response callbacks - is the rest), "
+        f"an empty script {us['empty_packed']:.0f} µs "
+        f"({us['empty_packed'] / us['ping_packed']:.2f} packed PINGs)."
+        + (f" Redis did not answer within the 50 ms socket timeout {went_local.count} time(s): the calls of "
+           "the following second were decided locally." if went_local.count else "")
     )
     result.add(
         Measurement(
             "shared breaker + shared retry budget (the API's payment pipeline)",
             "µs",
-            (per_call["shared_full"] - bare) * 1e6,
+            us["shared_full"],
             ping,
             "one Redis PING",
             command,

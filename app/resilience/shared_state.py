@@ -10,23 +10,31 @@ probe frees itself; isolated is a key without expiry. While Redis cannot be reac
 an in-process window (`degraded` is true) and tries Redis again after `retry_interval`: a call never waits
 on Redis beyond the client's own socket timeout.
 
+The admission is the hot path, so it costs one round trip and little else: each thread keeps its own
+connection (no pool checkout per call) and sends a command packed once per circuit, flags and thread; with
+the circuit closed and no budget the script reads three keys with one MGET and answers a bare integer.
+
 Keys, under `key_prefix` and per circuit `<prefix>:cb:<name>:`: `open` (value: break end, epoch ms),
 `isolated`, `tripped` ("open" until the first probe is claimed, then "half"; gone when closed), `probe`,
-`win` (hash `<bucket>:t` / `<bucket>:f`), `budget` (hash `<bucket>:c` / `<bucket>:r`).
+`win` (hash `<bucket>:t` / `<bucket>:f`), `budget` (hash `<bucket>:c` / `<bucket>:r`). A bucket's first
+write deletes the buckets that left the window, so the hashes stay small however long the traffic lasts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .budget import BudgetSpec
@@ -47,94 +55,101 @@ from .circuit_breaker import (
 
 _log = logging.getLogger(__name__)
 
-# Redis 6.2 refuses TIME before a write unless the script replicates its effects, not itself.
+# SPAN: buckets per window, as in the local windows (circuit_breaker.BUCKETS, budget._BUCKETS).
+# `clock()` only where a script needs the time: Redis 6.2 refuses TIME before a write unless the script
+# replicates its effects (a no-op from Redis 7 on, where that is the default).
 _PRELUDE = """
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function window_sums(key, width, span, a, b)
-  local oldest = math.floor(now / width) - span
-  local fields = redis.call('HGETALL', key)
+local SPAN = 10
+local function clock()
+  redis.replicate_commands()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function bump(key, bucket, kind, n, a, b, ttl)
+  if redis.call('HINCRBY', key, bucket .. ':' .. kind, n) ~= n then return end
+  -- the bucket's first write: forget the buckets that left the window since the last one
+  local stale = {}
+  for old = bucket - 2 * SPAN, bucket - SPAN do
+    stale[#stale + 1] = old .. ':' .. a
+    stale[#stale + 1] = old .. ':' .. b
+  end
+  redis.call('HDEL', key, unpack(stale))
+  redis.call('PEXPIRE', key, ttl)
+end
+local function window_sums(key, bucket, a, b)
+  local fields = {}
+  for live = bucket - SPAN + 1, bucket do
+    fields[#fields + 1] = live .. ':' .. a
+    fields[#fields + 1] = live .. ':' .. b
+  end
+  local values = redis.call('HMGET', key, unpack(fields))
   local sa, sb = 0, 0
-  for i = 1, #fields, 2 do
-    local f = fields[i]
-    local sep = string.find(f, ':', 1, true)
-    local bucket = tonumber(string.sub(f, 1, sep - 1))
-    local kind = string.sub(f, sep + 1)
-    if bucket <= oldest then
-      redis.call('HDEL', key, f)
-    elseif kind == a then
-      sa = sa + tonumber(fields[i + 1])
-    elseif kind == b then
-      sb = sb + tonumber(fields[i + 1])
-    end
+  for i = 1, #values, 2 do
+    if values[i] then sa = sa + tonumber(values[i]) end
+    if values[i + 1] then sb = sb + tonumber(values[i + 1]) end
   end
   return sa, sb
 end
 local function state_of(k_open, k_isolated, k_tripped)
-  if redis.call('EXISTS', k_isolated) == 1 then return 'isolated' end
-  if redis.call('EXISTS', k_open) == 1 then return 'open' end
-  if redis.call('EXISTS', k_tripped) == 1 then return 'half_open' end
-  return 'closed'
+  local v = redis.call('MGET', k_open, k_isolated, k_tripped)
+  if v[2] then return 'isolated', v[1] end
+  if v[1] then return 'open', v[1] end
+  if v[3] then return 'half_open', false end
+  return 'closed', false
 end
 """
 
 # KEYS: open, isolated, tripped, probe, budget
 # ARGV: check_breaker, retry, budget_on, ratio, min_per_second, window_ms, probe_ttl_ms, token
-# -> {code, break_until_ms, transition (1 = open -> half_open)}
+# -> code, or {code, break_until_ms, transition (1 = open -> half_open)} when either is set
 _ACQUIRE = _PRELUDE + """
 local code = 0
 local tripped = false
 if ARGV[1] == '1' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {5, 0, 0} end
-  local open_until = redis.call('GET', KEYS[1])
-  if open_until then return {3, open_until, 0} end
-  tripped = redis.call('GET', KEYS[3])
+  local flags = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+  if flags[2] then return 5 end
+  if flags[1] then return {3, flags[1], 0} end
+  tripped = flags[3]
   if tripped then
     local held = redis.call('PTTL', KEYS[4])
-    if held > 0 then return {4, now + held, 0} end
+    if held > 0 then return {4, clock() + held, 0} end
     code = 1
   end
 end
 if ARGV[3] == '1' then
   local window = tonumber(ARGV[6])
-  local width = window / 10
-  local bucket = math.floor(now / width)
+  local bucket = math.floor(clock() / (window / SPAN))
   if ARGV[2] == '1' then
-    local calls, retries = window_sums(KEYS[5], width, 10, 'c', 'r')
-    if retries + 1 > tonumber(ARGV[4]) * calls + tonumber(ARGV[5]) * window / 1000 then
-      return {2, 0, 0}
-    end
-    redis.call('HINCRBY', KEYS[5], bucket .. ':r', 1)
+    local calls, retries = window_sums(KEYS[5], bucket, 'c', 'r')
+    if retries + 1 > tonumber(ARGV[4]) * calls + tonumber(ARGV[5]) * window / 1000 then return 2 end
+    bump(KEYS[5], bucket, 'r', 1, 'c', 'r', window * 2)
   else
-    redis.call('HINCRBY', KEYS[5], bucket .. ':c', 1)
+    bump(KEYS[5], bucket, 'c', 1, 'c', 'r', window * 2)
   end
-  redis.call('PEXPIRE', KEYS[5], window * 2)
 end
-local transition = 0
 if code == 1 then
   redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[7])
   if tripped == 'open' then
     redis.call('SET', KEYS[3], 'half')
-    transition = 1
+    return {1, 0, 1}
   end
 end
-return {code, 0, transition}
+return code
 """
 
 # KEYS: open, isolated, tripped, win
 # ARGV: successes, failures, ratio, minimum_throughput, sampling_ms, break_ms
 # -> 1 when this flush opened the circuit
 _FLUSH = _PRELUDE + """
+local now = clock()
 local sampling = tonumber(ARGV[5])
-local width = sampling / 10
-local bucket = math.floor(now / width)
+local bucket = math.floor(now / (sampling / SPAN))
 local s, f = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('HINCRBY', KEYS[4], bucket .. ':t', s + f)
-if f > 0 then redis.call('HINCRBY', KEYS[4], bucket .. ':f', f) end
-redis.call('PEXPIRE', KEYS[4], sampling * 2)
-if f == 0 or state_of(KEYS[1], KEYS[2], KEYS[3]) ~= 'closed' then return 0 end
-local total, failed = window_sums(KEYS[4], width, 10, 't', 'f')
+bump(KEYS[4], bucket, 't', s + f, 't', 'f', sampling * 2)
+if f == 0 then return 0 end
+redis.call('HINCRBY', KEYS[4], bucket .. ':f', f)
+if state_of(KEYS[1], KEYS[2], KEYS[3]) ~= 'closed' then return 0 end
+local total, failed = window_sums(KEYS[4], bucket, 't', 'f')
 if total >= tonumber(ARGV[4]) and failed / total >= tonumber(ARGV[3]) then
   local brk = tonumber(ARGV[6])
   redis.call('SET', KEYS[1], now + brk, 'PX', brk)
@@ -148,6 +163,7 @@ return 0
 # KEYS: open, isolated, tripped, probe, win   ARGV: success, token, break_ms
 # -> 1 = half_open -> closed, 2 = half_open -> open, 0 = nothing (the probe was no longer ours)
 _PROBE_RESULT = _PRELUDE + """
+local now = clock()
 if state_of(KEYS[1], KEYS[2], KEYS[3]) ~= 'half_open' then return 0 end
 local holder = redis.call('GET', KEYS[4])
 if holder and holder ~= ARGV[2] then return 0 end
@@ -171,11 +187,12 @@ return 0
 # KEYS: open, isolated, tripped, probe, win   ARGV: action ('isolate' | 'reset' | 'read'), sampling_ms
 # -> {previous state, break_until_ms, total, failed}
 _ADMIN = _PRELUDE + """
-local state = state_of(KEYS[1], KEYS[2], KEYS[3])
+local now = clock()
+local state, open_until = state_of(KEYS[1], KEYS[2], KEYS[3])
 local break_until = 0
-if state == 'open' then break_until = tonumber(redis.call('GET', KEYS[1])) or 0 end
+if state == 'open' then break_until = tonumber(open_until) or 0 end
 local sampling = tonumber(ARGV[2])
-local total, failed = window_sums(KEYS[5], sampling / 10, 10, 't', 'f')
+local total, failed = window_sums(KEYS[5], math.floor(now / (sampling / SPAN)), 't', 'f')
 if ARGV[1] == 'isolate' then
   redis.call('SET', KEYS[2], '1')
 elseif ARGV[1] == 'reset' then
@@ -187,27 +204,96 @@ return {state, break_until, total, failed}
 _REDIS_ERRORS = (redis.RedisError, OSError)
 _TRANSITION_CODES: dict[int, Transition] = {1: (HALF_OPEN, CLOSED), 2: (HALF_OPEN, OPEN)}
 _OPENED: Transition = (CLOSED, OPEN)
+_ADMITTED: Admission = (ADMIT, None, None)
+_CODES: dict[int, Admission] = {code: (code, None, None) for code in range(6)}
+_FLAG = {True: "1", False: "0"}
 
 
-def without_retries(client: redis.Redis) -> redis.Redis:
-    """A client on the same server and socket settings, which never retries a failed command.
+def connection_factory(client: redis.Redis) -> Callable[[], AbstractConnection]:
+    """New connections to the server of `client`, with its socket settings, that never retry a command.
 
     redis-py retries a failed connection up to ten times with backoff by default: seconds in which a call
     would wait on Redis. A circuit would rather decide locally at once and try Redis again a second later.
     """
     pool = client.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs["retry"] = Retry(NoBackoff(), 0)
-    own_pool = redis.ConnectionPool(connection_class=pool.connection_class,
-                                    max_connections=pool.max_connections, **kwargs)
-    return redis.Redis(connection_pool=own_pool)
+    connection_class = pool.connection_class
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    return lambda: connection_class(**kwargs)
+
+
+def _bulk(part: str | bytes) -> bytes:
+    data = part.encode() if isinstance(part, str) else part
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack_command(*parts: str | bytes) -> list[bytes]:
+    """A command in the Redis protocol, ready for `send_packed_command`."""
+    return [b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)]
+
+
+def _roundtrip(connection: AbstractConnection, command: list[bytes]) -> Any:
+    try:
+        connection.send_packed_command(command, False)
+        return connection.read_response()
+    except redis.ResponseError:
+        raise  # a whole reply was read: the connection is still in step
+    except BaseException:
+        connection.disconnect()  # a reply may still come: the next command must not read it
+        raise
+
+
+class _Script:
+    """A Lua script called by its SHA1; loaded on the connection that first finds it missing."""
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def command(self, keys: Sequence[str], args: Sequence[str]) -> list[bytes]:
+        return pack_command("EVALSHA", self.sha, str(len(keys)), *keys, *args)
+
+
+class _Hangup:
+    """Closes a thread's connection when the thread ends: the connection sits in reference cycles of its
+    own and would otherwise stay open until the garbage collector happens to run."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self.connection = connection
+
+    def __del__(self) -> None:
+        try:
+            self.connection.disconnect()
+        except Exception:  # noqa: BLE001 - nothing to do about a socket that will not close
+            pass
+
+
+class _ThreadState(threading.local):
+    """This thread's connection and the admission commands packed for it (they carry its probe token)."""
+
+    def __init__(self) -> None:
+        self.connection: AbstractConnection | None = None
+        self.hangup: _Hangup | None = None
+        self.token = f"{os.getpid()}:{threading.get_ident()}"
+        self.commands: dict[tuple[Any, ...], list[bytes]] = {}
+        self.generation = -1
+
+
+_ACQUIRE_SCRIPT = _Script(_ACQUIRE)
+_FLUSH_SCRIPT = _Script(_FLUSH)
+_PROBE_SCRIPT = _Script(_PROBE_RESULT)
+_RELEASE_SCRIPT = _Script(_RELEASE)
+_ADMIN_SCRIPT = _Script(_ADMIN)
 
 
 class RedisBreakerStore:
     """A `BreakerStore` (and budget store) shared through Redis; falls back to this process on errors.
 
     It talks to the server of `client` with the client's socket settings (keep its timeouts short, ~50 ms)
-    but through its own connection pool without retries (see `without_retries`).
+    but on its own connections, one per thread, without retries (see `connection_factory`).
     """
 
     def __init__(
@@ -220,7 +306,7 @@ class RedisBreakerStore:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client = without_retries(client)
+        self._new_connection = connection_factory(client)
         self._prefix = key_prefix
         self._flush_interval = flush_interval
         self._retry_interval = retry_interval
@@ -229,15 +315,14 @@ class RedisBreakerStore:
         self._specs: dict[str, BreakerSpec] = {}
         self._notify: dict[str, Callable[[str, str], None]] = {}
         self._keys: dict[str, tuple[str, ...]] = {}
-        self._acquire_script = client.register_script(_ACQUIRE)
-        self._flush_script = client.register_script(_FLUSH)
-        self._probe_script = client.register_script(_PROBE_RESULT)
-        self._release_script = client.register_script(_RELEASE)
-        self._admin_script = client.register_script(_ADMIN)
+        self._per_thread = _ThreadState()
+        self._generation = 0  # bumped by `register`: the packed admissions carry the probe timeout
+        self._connections: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
+        self._connections_lock = threading.Lock()
         self._degraded = False
         self._retry_at = 0.0
         self._closed = False
-        self._pid = 0
+        self._pid = 0  # the process whose flusher thread runs; 0 = none yet (or forked since)
         self._pending: dict[str, list[int]] = {}
         self._pending_lock = threading.Lock()
         self._wake = threading.Event()
@@ -264,6 +349,38 @@ class RedisBreakerStore:
             _log.info("shared circuit state reachable again")
             self._degraded = False
 
+    # --- the wire ------------------------------------------------------------------------------------------
+
+    def _connection(self, state: _ThreadState) -> AbstractConnection:
+        state.connection = connection = self._new_connection()
+        state.hangup = _Hangup(connection)
+        with self._connections_lock:
+            self._connections.add(connection)
+        return connection
+
+    def _call(self, state: _ThreadState, script: _Script, command: list[bytes]) -> Any:
+        """Send one packed EVALSHA on this thread's connection and read its reply (one round trip)."""
+        connection = state.connection
+        if connection is None:
+            connection = self._connection(state)
+        reused = connection.is_connected
+        if not reused:
+            connection.connect()
+        try:
+            return _roundtrip(connection, command)
+        except NoScriptError:
+            pass  # first call since Redis started (or SCRIPT FLUSH): nothing ran, load and send again
+        except redis.ConnectionError:
+            if not reused:
+                raise
+            # The server closed the idle socket (restart, idle timeout): one more try on a fresh one.
+            connection.connect()
+        _roundtrip(connection, pack_command("SCRIPT", "LOAD", script.source))
+        return _roundtrip(connection, command)
+
+    def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str]) -> Any:
+        return self._call(self._per_thread, script, script.command(keys, args))
+
     # --- keys ----------------------------------------------------------------------------------------------
 
     def _keys_of(self, name: str) -> tuple[str, ...]:
@@ -274,9 +391,8 @@ class RedisBreakerStore:
             self._keys[name] = keys
         return keys
 
-    @staticmethod
-    def _token() -> str:
-        return f"{os.getpid()}:{threading.get_ident()}"
+    def _token(self) -> str:
+        return self._per_thread.token
 
     def _spec(self, name: str) -> BreakerSpec:
         return self._specs.get(name) or BreakerSpec()
@@ -287,41 +403,54 @@ class RedisBreakerStore:
         self, name: str, spec: BreakerSpec, notify: Callable[[str, str], None] | None = None
     ) -> None:
         self._specs[name] = spec
+        self._generation += 1
         if notify is not None:
             self._notify[name] = notify
         self._local.register(name, spec)
 
     def acquire(self, name: str, *, retry: bool, budget: BudgetSpec | None) -> Admission:
-        return self._admit(name, retry=retry, budget=budget, check_breaker=True)
+        return self._admit(name, retry, budget, True)
 
     def charge_budget(self, name: str, spec: BudgetSpec, *, retry: bool) -> bool:
-        code, _, _ = self._admit(name, retry=retry, budget=spec, check_breaker=False)
+        code, _, _ = self._admit(name, retry, spec, False)
         return code in (ADMIT, PROBE)
 
-    def _admit(self, name: str, *, retry: bool, budget: BudgetSpec | None, check_breaker: bool) -> Admission:
-        if self._use_local():
+    def _admit(self, name: str, retry: bool, budget: BudgetSpec | None, check_breaker: bool) -> Admission:
+        if self._degraded and self._use_local():
             return self._admit_locally(name, retry=retry, budget=budget, check_breaker=check_breaker)
-        open_, isolated, tripped, probe, _, budget_key = self._keys_of(name)
-        spec = self._spec(name)
-        args: list[Any] = [
-            "1" if check_breaker else "0",
-            "1" if retry else "0",
-            "1" if budget is not None else "0",
-            budget.ratio if budget is not None else 0,
-            budget.min_per_second if budget is not None else 0,
-            int(budget.window * 1000) if budget is not None else 0,
-            max(1, int(spec.probe_timeout * 1000)),
-            self._token(),
-        ]
+        state = self._per_thread
+        if state.generation != self._generation:
+            state.commands = {}
+            state.generation = self._generation
+        key = (name, retry, budget, check_breaker)
+        command = state.commands.get(key)
+        if command is None:
+            command = state.commands[key] = self._admission_command(name, retry, budget, check_breaker, state)
         try:
-            code, break_until, transition = self._acquire_script(
-                keys=[open_, isolated, tripped, probe, budget_key], args=args)
+            reply = self._call(state, _ACQUIRE_SCRIPT, command)
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             return self._admit_locally(name, retry=retry, budget=budget, check_breaker=check_breaker)
-        self._recovered()
+        if self._degraded:
+            self._recovered()
+        if reply.__class__ is int:  # the script's short answer: a code without break end or transition
+            return _ADMITTED if reply == 0 else _CODES[reply]
+        code, break_until, transition = reply
         until = int(break_until) / 1000.0 if int(break_until) else None
         return int(code), until, ((OPEN, HALF_OPEN) if transition else None)
+
+    def _admission_command(
+        self, name: str, retry: bool, budget: BudgetSpec | None, check_breaker: bool, state: _ThreadState
+    ) -> list[bytes]:
+        open_, isolated, tripped, probe, _, budget_key = self._keys_of(name)
+        if budget is None:
+            budget_args = ["0", "0", "0", "0"]
+        else:
+            budget_args = ["1", repr(budget.ratio), repr(budget.min_per_second), str(int(budget.window * 1000))]
+        probe_ttl = max(1, int(self._spec(name).probe_timeout * 1000))
+        return _ACQUIRE_SCRIPT.command(
+            [open_, isolated, tripped, probe, budget_key],
+            [_FLAG[check_breaker], _FLAG[retry], *budget_args, str(probe_ttl), state.token])
 
     def _admit_locally(
         self, name: str, *, retry: bool, budget: BudgetSpec | None, check_breaker: bool
@@ -332,11 +461,12 @@ class RedisBreakerStore:
         return (ADMIT, None, None) if ok else (NO_BUDGET, None, None)
 
     def record(self, name: str, *, success: bool, probe: bool) -> Transition | None:
-        if self._use_local():
+        if self._degraded and self._use_local():
             return self._local.record(name, success=success, probe=probe)
         if probe:
             return self._record_probe(name, success)
-        self._ensure_flusher()
+        if not self._pid:
+            self._start_flusher()
         with self._pending_lock:
             counts = self._pending.get(name)
             if counts is None:
@@ -348,8 +478,8 @@ class RedisBreakerStore:
         open_, isolated, tripped, probe, win, _ = self._keys_of(name)
         break_ms = int(self._spec(name).break_duration * 1000)
         try:
-            code = self._probe_script(keys=[open_, isolated, tripped, probe, win],
-                                      args=["1" if success else "0", self._token(), break_ms])
+            code = self._eval(_PROBE_SCRIPT, [open_, isolated, tripped, probe, win],
+                              [_FLAG[success], self._token(), str(break_ms)])
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             return self._local.record(name, success=success, probe=True)
@@ -358,7 +488,7 @@ class RedisBreakerStore:
 
     def release_probe(self, name: str) -> None:
         try:
-            self._release_script(keys=[self._keys_of(name)[3]], args=[self._token()])
+            self._eval(_RELEASE_SCRIPT, [self._keys_of(name)[3]], [self._token()])
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             self._local.release_probe(name)
@@ -386,8 +516,8 @@ class RedisBreakerStore:
         open_, isolated, tripped, probe, win, _ = self._keys_of(name)
         sampling_ms = int(self._spec(name).sampling_duration * 1000)
         try:
-            state, break_until, total, failed = self._admin_script(
-                keys=[open_, isolated, tripped, probe, win], args=[action, sampling_ms])
+            state, break_until, total, failed = self._eval(
+                _ADMIN_SCRIPT, [open_, isolated, tripped, probe, win], [action, str(sampling_ms)])
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             return None
@@ -404,16 +534,14 @@ class RedisBreakerStore:
 
     # --- batched outcomes ---------------------------------------------------------------------------------
 
-    def _ensure_flusher(self) -> None:
-        pid = os.getpid()
-        if self._pid == pid or self._closed:
+    def _start_flusher(self) -> None:
+        if self._closed:
             return
         with self._pending_lock:
-            if self._pid == pid:
+            if self._pid:
                 return
             # First use in this process, or a forked child: the parent's thread did not survive the fork.
-            self._pid = pid
-            self._pending = {}
+            self._pid = pid = os.getpid()
             threading.Thread(target=self._flush_loop, args=(weakref.ref(self), pid), daemon=True,
                              name="circuit-flusher").start()
 
@@ -448,10 +576,10 @@ class RedisBreakerStore:
         spec = self._spec(name)
         transition: Transition | None = None
         try:
-            opened = self._flush_script(
-                keys=[open_, isolated, tripped, win],
-                args=[successes, failures, spec.failure_ratio, spec.minimum_throughput,
-                      int(spec.sampling_duration * 1000), int(spec.break_duration * 1000)])
+            opened = self._eval(
+                _FLUSH_SCRIPT, [open_, isolated, tripped, win],
+                [str(successes), str(failures), repr(spec.failure_ratio), str(spec.minimum_throughput),
+                 str(int(spec.sampling_duration * 1000)), str(int(spec.break_duration * 1000))])
             self._recovered()
             transition = _OPENED if int(opened) == 1 else None
         except _REDIS_ERRORS as exc:
@@ -465,7 +593,7 @@ class RedisBreakerStore:
             notify(*transition)
 
     def close(self) -> None:
-        """Flush what is pending and stop the flusher thread."""
+        """Flush what is pending, stop the flusher thread and close the connections."""
         if self._closed:
             return
         try:
@@ -473,10 +601,14 @@ class RedisBreakerStore:
         finally:
             self._closed = True
             self._wake.set()
-            self._client.connection_pool.disconnect()
+            with self._connections_lock:
+                connections = list(self._connections)
+            for connection in connections:
+                connection.disconnect()
 
 
-# Locks held by another thread at fork time stay locked forever in the child; give each child fresh ones.
+# Locks held by another thread at fork time stay locked forever in the child; give each child fresh ones,
+# its own connections (a socket shared with the parent would interleave replies) and its own flusher.
 _stores_to_reset_after_fork: weakref.WeakSet[RedisBreakerStore] = weakref.WeakSet()
 
 
@@ -485,6 +617,10 @@ def _after_fork_in_child() -> None:
         store._pending_lock = threading.Lock()
         store._wake = threading.Event()
         store._pending = {}
+        store._pid = 0
+        store._connections_lock = threading.Lock()
+        store._connections = weakref.WeakSet()
+        store._per_thread = _ThreadState()
 
 
 if hasattr(os, "register_at_fork"):

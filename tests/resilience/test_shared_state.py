@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ import redis
 from app.resilience import Attempt, CircuitBreaker, RecordingHook, ResiliencePipeline, RetryBudget, RetryPolicy
 from app.resilience.circuit_breaker import ADMIT, PROBE, BrokenCircuitError
 from app.resilience.events import BreakerTransition
-from app.resilience.shared_state import RedisBreakerStore
+from app.resilience.shared_state import RedisBreakerStore, _Script
 
 from . import _shared_workers as workers
 
@@ -227,3 +228,113 @@ def test_after_a_fork_the_child_flushes_through_its_own_thread(
             os._exit(0)
     os.waitpid(pid, 0)
     assert breaker.snapshot().throughput == 4
+
+
+def test_budget_and_window_hashes_forget_buckets_that_left_the_window(
+    redis_client: redis.Redis, key_prefix: str, store: RedisBreakerStore
+) -> None:
+    breaker = make_breaker(store, sampling_duration=0.2)
+    budget = RetryBudget(ratio=0.5, min_per_second=0.0, window=0.2, name="payment", store=store)
+    deadline = time.monotonic() + 0.8  # 40 buckets of 20 ms go by
+    while time.monotonic() < deadline:
+        budget.record_call()
+        breaker.record(True)
+        store.flush()
+        time.sleep(0.002)
+    base = f"{key_prefix}:cb:payment:"
+    # one field per live bucket (10), and a few more at most while a bucket starts
+    assert redis_client.hlen(base + "budget") <= 12
+    assert redis_client.hlen(base + "win") <= 12
+    assert breaker.snapshot().throughput > 0
+    assert budget.try_spend()  # the calls of the last 0.2 s earn retries
+    time.sleep(0.25)
+    assert not budget.try_spend()  # and no longer once they left the window
+    assert breaker.snapshot().throughput == 0
+
+
+def test_a_script_missing_from_redis_is_loaded_and_the_command_sent_again(
+    key_prefix: str, store: RedisBreakerStore
+) -> None:
+    unknown = _Script(f"return '{key_prefix}'")  # a script this server has never seen
+    assert store._eval(unknown, [], []) == key_prefix.encode()
+    assert not store.degraded
+
+
+def test_a_connection_the_server_closed_is_replaced_without_deciding_locally(
+    redis_client: redis.Redis, store: RedisBreakerStore
+) -> None:
+    breaker = make_breaker(store)
+    assert breaker.acquire() == ADMIT
+    connection = store._per_thread.connection
+    assert connection is not None
+    connection.send_command("CLIENT", "ID")
+    redis_client.client_kill_filter(_id=connection.read_response())
+    assert breaker.acquire() == ADMIT
+    assert not store.degraded
+
+
+def test_each_thread_talks_on_its_own_connection_which_ends_with_the_thread(
+    redis_url: str, key_prefix: str
+) -> None:
+    name = "t" + key_prefix.replace(":", "-")
+
+    def ours() -> int:
+        return sum(1 for client in redis.Redis.from_url(redis_url).client_list() if client["name"] == name)
+
+    store = RedisBreakerStore(redis.Redis.from_url(redis_url, client_name=name), key_prefix=key_prefix)
+    breaker = make_breaker(store)
+    go, done = threading.Barrier(4), threading.Event()
+    answers: list[int] = []
+
+    def admit_many() -> None:
+        go.wait()
+        answers.extend(breaker.acquire() for _ in range(300))
+        done.wait(10)
+
+    threads = [threading.Thread(target=admit_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: len(answers) == 1200, timeout=20)
+    assert set(answers) == {ADMIT} and not store.degraded
+    assert ours() == 4
+    done.set()
+    for thread in threads:
+        thread.join()
+    assert wait_for(lambda: ours() == 0, timeout=5)
+    store.close()
+
+
+def test_a_decoding_client_gives_the_same_answers(redis_url: str, key_prefix: str) -> None:
+    store = RedisBreakerStore(redis.Redis.from_url(redis_url, decode_responses=True), key_prefix=key_prefix)
+    breaker = make_breaker(store)
+    for _ in range(10):
+        breaker.record(False)
+    store.flush()
+    with pytest.raises(BrokenCircuitError) as caught:
+        breaker.acquire()
+    assert caught.value.state == "open"
+    assert caught.value.break_until is not None and abs(caught.value.break_until - (time.time() + 30)) < 2
+    assert breaker.snapshot().state == "open"
+    breaker.reset()
+    store.close()
+
+
+def test_a_forked_child_admits_on_its_own_connection_while_the_parent_does(
+    store: RedisBreakerStore,
+) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    breaker = make_breaker(store)
+    assert breaker.acquire() == ADMIT  # the parent's connection exists before the fork
+    pid = os.fork()
+    if pid == 0:  # the child: a reply read off the parent's socket would be wrong or missing
+        code = 1
+        try:
+            answers = {breaker.acquire() for _ in range(500)}
+            code = 0 if answers == {ADMIT} and not store.degraded else 1
+        finally:
+            os._exit(code)
+    answers = {breaker.acquire() for _ in range(500)}
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answers == {ADMIT} and not store.degraded
