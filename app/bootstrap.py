@@ -56,6 +56,7 @@ def bootstrap(settings: Settings, **overrides: Any) -> Services:
         request_deadline=policies.api.request_deadline,
         inventory_total_timeout=policies.dependencies["inventory"].total_timeout,
         monotonic=time.monotonic,
+        payment_total_timeout=policies.dependencies["payment"].total_timeout,
     )
     idempotency = IdempotencyStore(engine, lock_for=timedelta(seconds=policies.api.request_deadline))
     checks = {"database": _database_check(engine), "broker": _redis_check(redis_client)}

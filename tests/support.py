@@ -69,10 +69,18 @@ class FakeInventory:
 class FakePayments:
     outcome: str = "captured"
     open_circuit: bool = False
+    break_until: float = 0.0  # unix time the open circuit's break ends (0: 30 s from the question)
     calls: list[str] = field(default_factory=list)
 
     def circuit_allows_calls(self) -> bool:
         return not self.open_circuit
+
+    def circuit_break_until(self) -> float | None:
+        import time
+
+        if not self.open_circuit:
+            return None
+        return self.break_until or time.time() + 30.0
 
     def capture(self, *, order_id: str, customer_id: int, amount: str, currency: str, deadline: float,
                 source: str) -> CaptureResult:

@@ -40,6 +40,11 @@ from app.services.ports import CaptureResult, StockLevel
 
 log = logging.getLogger("orderflow.dependencies")
 
+# A level this process wrote to the cache less than this long ago is not written again while it is unchanged:
+# under load every order would otherwise rewrite the same value (a Redis round trip each), and the cache,
+# a fallback for when the service fails, loses at most this much of its `cache_ttl`.
+REWRITE_SAME_LEVEL_AFTER = 1.0
+
 
 def http_failure(outcome: Outcome) -> bool:
     """What the contract retries and the circuit counts as a failure: transport errors, timeouts, 408/429/5xx."""
@@ -108,7 +113,10 @@ class PaymentClient:
     def circuit_break_until(self) -> float | None:
         if self._breaker is None:
             return None
-        snapshot = self._breaker.snapshot()
+        try:
+            snapshot = self._breaker.snapshot()
+        except Exception:  # state unknown: let the pipeline decide on the call itself
+            return None
         if snapshot.state == "open":
             return snapshot.break_until or time.time() + 1.0
         if snapshot.state == "isolated":
@@ -185,7 +193,7 @@ class InventoryClient:
 
     def __init__(self, base_url: str, transport: HttpTransport, pipeline: ResiliencePipeline[Any],
                  cache: redis.Redis, *, key_prefix: str, cache_ttl: float, total_timeout: float,
-                 fan_out: ThreadPoolExecutor) -> None:
+                 fan_out: ThreadPoolExecutor, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._url = base_url
         self._transport = transport
         self._pipeline = pipeline
@@ -194,6 +202,9 @@ class InventoryClient:
         self._ttl_ms = max(1, int(cache_ttl * 1000))
         self._total_timeout = total_timeout
         self._fan_out = fan_out
+        self._rewrite_after = min(REWRITE_SAME_LEVEL_AFTER, cache_ttl / 10)
+        self._written: dict[int, tuple[int, float]] = {}  # product -> (level, monotonic) this process wrote
+        self._monotonic = monotonic
 
     def level(self, product_id: int) -> StockLevel:
         return self.levels({product_id: 1}, deadline=time.monotonic() + self._total_timeout)[product_id]
@@ -253,13 +264,24 @@ class InventoryClient:
         return {pid: int(v) if v is not None else None for pid, v in zip(product_ids, values, strict=True)}
 
     def _remember(self, levels: Mapping[int, int]) -> None:
+        now = self._monotonic()
+        written = self._written
+        changed = {
+            pid: available for pid, available in levels.items()
+            if (seen := written.get(pid)) is None or seen[0] != available or now - seen[1] >= self._rewrite_after
+        }
+        if not changed:
+            return
         try:
             pipe = self._cache.pipeline(transaction=False)
-            for pid, available in levels.items():
+            for pid, available in changed.items():
                 pipe.set(f"{self._prefix}{pid}", available, px=self._ttl_ms)
             pipe.execute()
         except redis.RedisError as exc:  # a cache that cannot be written only makes later fallbacks poorer
             log.debug("inventory cache write failed: %s", exc)
+            return
+        for pid, available in changed.items():
+            written[pid] = (available, now)
 
 
 class NotificationClient:

@@ -37,6 +37,9 @@ class CaptureResult:
 class PaymentGateway(Protocol):
     def circuit_allows_calls(self) -> bool: ...
 
+    def circuit_break_until(self) -> float | None:
+        """Unix time when calls may resume if the circuit is open or isolated now, else None."""
+
     def capture(
         self, *, order_id: str, customer_id: int, amount: str, currency: str, deadline: float, source: str
     ) -> CaptureResult: ...
@@ -44,9 +47,6 @@ class PaymentGateway(Protocol):
 
 class JobPaymentGateway(PaymentGateway, Protocol):
     """The workers' side of the payment service: the same shared circuit, their own attempt timeout."""
-
-    def circuit_break_until(self) -> float | None:
-        """Unix time when calls may resume if the circuit is open or isolated now, else None."""
 
     def lookup_captures(self, order_id: str, *, deadline: float) -> list[dict[str, object]] | None:
         """Every capture the payment service's ledger holds for the order; None when it could not be asked."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
+from app.adapters.tables import payment_jobs
 from app.domain import InventorySource
 from tests.integration.conftest import Stack
 
@@ -60,7 +63,21 @@ def test_flag_off_or_open_circuit_skips_the_payment_call(stack: Stack, reason: s
     order = response.get_json()
     assert order["status"] == "PaymentPending" and order["payment"]["attempts"] == 0
     assert stack.payments.calls == []
-    assert stack.publisher.due == [order["id"]]
+    if reason == "flag":
+        assert stack.publisher.due == [order["id"]]
+    else:  # no hint for a job a worker could only defer: it is due when the break ends
+        assert stack.publisher.due == []
+        assert job_due_in(stack, order["id"]) > 25
+
+
+def job_due_in(stack: Stack, order_id: str) -> float:
+    """Seconds from now until the order's payment job is due."""
+    with stack.services.engine.connect() as conn:
+        due = conn.execute(
+            select(payment_jobs.c.next_attempt_at).where(payment_jobs.c.order_id == order_id)
+        ).scalar_one()
+    due = due if due.tzinfo is not None else due.replace(tzinfo=UTC)
+    return float((due - datetime.now(UTC)).total_seconds())
 
 
 def test_declined_payment_is_402_and_the_order_is_stored_failed(stack: Stack) -> None:
