@@ -1,7 +1,9 @@
 """One proxied TCP connection: two directions, each a chain of toxic stages ending at a socket.
 
-With no toxic on a direction the bytes go straight from ``data_received`` to the other transport's
-``write``: no chunk object, no queue, no task. That is the path the < 100 us budget is for.
+With no toxic on a direction the event loop hands what it reads from the source socket straight to the
+destination transport's ``write``: no Python frame, chunk object, queue or task in between, and the write
+goes out at once rather than at the end of the loop iteration. That is the path the < 100 us budget is for.
+Adding a toxic puts ``data_received`` back in between, so the toxic acts on the open connection at once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import random
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from chaosproxy.model import Toxic
 from chaosproxy.pipe import Chunk, Outlet
@@ -41,7 +43,11 @@ class Endpoint(asyncio.Protocol):
         self.early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # TCP transports are full Transports
+        # TCP transports are full Transports (uvloop's do not subclass asyncio's, hence no isinstance).
+        self.transport = tcp = cast(asyncio.Transport, transport)
+        # Write at once (uvloop otherwise defers small writes to the end of the loop iteration) and say
+        # "full" as soon as anything waits in user space: the kernel's socket buffers are the proxy's buffer.
+        tcp.set_write_buffer_limits(high=0)
         self.connection.endpoint_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -50,6 +56,20 @@ class Endpoint(asyncio.Protocol):
             inbound.feed(data)
         else:
             self.early.append(data)
+
+    def read_into(self, write: Callable[[bytes], object] | None) -> None:
+        """Hand what this socket reads straight to ``write``; None: to ``data_received`` again.
+
+        The instance attribute shadows the method. The event loop looks ``data_received`` up when the
+        protocol is set, so it is set again (a closing transport reads nothing more and is left alone).
+        """
+        if write is None:
+            self.__dict__.pop("data_received", None)
+        else:
+            self.__dict__["data_received"] = write
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.set_protocol(self)
 
     def eof_received(self) -> bool:
         if self.inbound is not None:
@@ -119,6 +139,20 @@ class Direction:
         self._dest_full = False
         self._over_budget = False
         self._reading_paused = False
+        self._direct = False
+
+    def reroute(self) -> None:
+        """Relay straight from socket to socket while no toxic is on this direction and both are open.
+
+        Called after anything that changes that: toxics added or removed, the end of the direction, the
+        destination closing. The loop runs one callback at a time, so no read falls between two paths.
+        """
+        dest = self.dest.transport
+        direct = not self.stages and not self.finished and dest is not None and not dest.is_closing()
+        if direct == self._direct:
+            return
+        self._direct = direct
+        self.source.read_into(dest.write if direct and dest is not None else None)
 
     # -- data in -----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -166,6 +200,7 @@ class Direction:
         if self.finished:
             return
         self.finished = True
+        self.reroute()
         self.connection.close_endpoint(self.dest)
 
     # -- toxics added, updated, removed on a live connection ----------------------------------------
@@ -193,6 +228,7 @@ class Direction:
             if self._eof_fed:
                 stage.inlet.close()
         self.stages.append(stage)
+        self.reroute()
         stage.start()
 
     def update(self, toxic: Toxic) -> None:
@@ -227,6 +263,7 @@ class Direction:
             stage.outlet.close()
         if previous is not None:
             previous.start(roll=False)
+        self.reroute()
 
     def _find(self, name: str) -> Stage | None:
         for stage in self.stages:
@@ -296,6 +333,8 @@ class Connection:
                 self.directions_from(endpoint).feed(data)
             if endpoint.early_eof:
                 self.directions_from(endpoint).feed_eof()
+        for direction in self.directions.values():
+            direction.reroute()
         if client.transport is not None and not client.transport.is_closing():
             client.transport.resume_reading()
 
@@ -318,11 +357,15 @@ class Connection:
                 transport.abort()
             else:
                 transport.close()
+        if endpoint.outbound is not None:
+            endpoint.outbound.reroute()
         if endpoint.inbound is not None:
             endpoint.inbound.feed_eof()
         self._check_done()
 
     def endpoint_lost(self, endpoint: Endpoint) -> None:
+        if endpoint.outbound is not None:
+            endpoint.outbound.reroute()
         if endpoint is self.client and self.upstream is None:
             self.abort()
         self._check_done()
