@@ -283,45 +283,12 @@ def _shared(
             note="pipeline as above, circuit state in Redis",
         )
     )
-    result.add(
-        Measurement(
-            "of which: the store's acquire script alone (one EVALSHA, packed, on a connection of its own)",
-            "µs",
-            us["evalsha"],
-            ping,
-            "one Redis PING",
-            command,
-            "",
-            None,
-            "none",
-        )
-    )
-    result.add(
-        Measurement(
-            "floor: an EVALSHA of an empty script, sent the same way",
-            "µs",
-            us["empty_packed"],
-            ping,
-            "one Redis PING",
-            command,
-            "",
-            None,
-            "none",
-        )
-    )
-    result.add(
-        Measurement(
-            "floor: a PING sent the same way",
-            "µs",
-            us["ping_packed"],
-            ping,
-            "one Redis PING",
-            command,
-            "",
-            None,
-            "none",
-        )
-    )
+    for label, key in (
+        ("of which: the store's acquire script alone (one EVALSHA, packed, on a connection of its own)", "evalsha"),
+        ("floor: an EVALSHA of an empty script, sent the same way", "empty_packed"),
+        ("floor: a PING sent the same way", "ping_packed"),
+    ):
+        result.add(Measurement(label, "µs", us[key], ping, "one Redis PING", command, "", None, "none"))
     result.notes.append(
         f"Where the shared breaker's cost goes: the round trip with the acquire script costs {us['evalsha']:.0f} µs "
         f"and the Python side (pipeline and `RedisBreakerStore._admit`) adds {us['shared'] - us['evalsha']:.0f} µs. "

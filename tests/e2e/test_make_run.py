@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -55,12 +56,7 @@ def test_flag_off_takes_the_order_pending_and_a_worker_confirms_it(stack: Runnin
 
 
 def test_disabling_the_payment_proxy_turns_orders_pending_and_back(stack: RunningStack) -> None:
-    requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": False}, timeout=5).raise_for_status()
-    try:
-        pending = stack.order().json()
-        assert pending["status"] == "PaymentPending"
-    finally:
-        requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": True}, timeout=5).raise_for_status()
+    pending = order_taken_while_the_payment_proxy_is_down(stack)
     assert stack.wait_for_status(pending["id"], "Confirmed", timeout=40)["status"] == "Confirmed", stack.tail()
     assert stack.order().json()["status"] == "Confirmed"
 
@@ -128,16 +124,21 @@ def test_a_worker_killed_outright_is_restarted_and_pending_orders_still_confirm(
         time.sleep(0.1)
     assert stack.process.poll() is None, "the stack stopped instead of restarting its worker"
 
-    requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": False}, timeout=5).raise_for_status()
-    try:
-        pending = stack.order().json()
-        assert pending["status"] == "PaymentPending"
-    finally:
-        requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": True}, timeout=5).raise_for_status()
+    pending = order_taken_while_the_payment_proxy_is_down(stack)
     assert stack.wait_for_status(pending["id"], "Confirmed", timeout=40)["status"] == "Confirmed", stack.tail()
     assert len(stack.captures(pending["id"])) == 1
     assert worker_main() == restarted
     assert "worker exited with -9; restarting it" in stack.log.read_text(errors="replace")
+
+
+def order_taken_while_the_payment_proxy_is_down(stack: RunningStack) -> dict[str, Any]:
+    requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": False}, timeout=5).raise_for_status()
+    try:
+        pending: dict[str, Any] = stack.order().json()
+        assert pending["status"] == "PaymentPending"
+        return pending
+    finally:
+        requests.post(f"{stack.chaos}/proxies/payment", json={"enabled": True}, timeout=5).raise_for_status()
 
 
 def _cmdline(pid: int) -> bytes:

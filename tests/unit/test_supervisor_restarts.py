@@ -58,6 +58,15 @@ def kill(child: Child) -> int:
     return pid
 
 
+def crash_and_restart(stack: RecordingSupervisor, clock: Clock, child: Child, *, times: int) -> None:
+    for _ in range(times):
+        kill(child)
+        assert stack.check_children()
+        clock.now = child.restart_at or clock.now
+        assert stack.check_children()
+        assert child.proc.poll() is None
+
+
 def test_a_process_that_dies_is_restarted_after_its_backoff(stack: RecordingSupervisor, clock: Clock) -> None:
     worker, api = stack.children
     api_pid = api.proc.pid
@@ -88,11 +97,7 @@ def test_the_backoff_doubles_with_each_recent_exit(stack: RecordingSupervisor, c
 
 def test_exits_older_than_the_window_are_forgotten(stack: RecordingSupervisor, clock: Clock) -> None:
     worker = stack.children[0]
-    for _ in range(sup.RESTART_LIMIT):
-        kill(worker)
-        assert stack.check_children()
-        clock.now = worker.restart_at or clock.now
-        assert stack.check_children()
+    crash_and_restart(stack, clock, worker, times=sup.RESTART_LIMIT)
     clock.now += sup.RESTART_WINDOW + 1
     kill(worker)
     assert stack.check_children(), "old exits still counted"
@@ -101,11 +106,7 @@ def test_exits_older_than_the_window_are_forgotten(stack: RecordingSupervisor, c
 
 def test_a_process_that_keeps_dying_stops_the_stack(stack: RecordingSupervisor, clock: Clock) -> None:
     worker = stack.children[0]
-    for _ in range(sup.RESTART_LIMIT):
-        kill(worker)
-        assert stack.check_children()
-        clock.now = worker.restart_at or clock.now
-        assert stack.check_children()
+    crash_and_restart(stack, clock, worker, times=sup.RESTART_LIMIT)
     kill(worker)
     assert not stack.check_children()
     assert any(f"worker exited with -9, {sup.RESTART_LIMIT + 1} times" in line
