@@ -125,7 +125,7 @@ def test_a_worker_killed_outright_is_restarted_and_pending_orders_still_confirm(
     assert stack.process.poll() is None, "the stack stopped instead of restarting its worker"
 
     pending = order_taken_while_the_payment_proxy_is_down(stack)
-    assert stack.wait_for_status(pending["id"], "Confirmed", timeout=40)["status"] == "Confirmed", stack.tail()
+    assert stack.wait_for_status(pending["id"], "Confirmed", timeout=60)["status"] == "Confirmed", stack.tail()
     assert len(stack.captures(pending["id"])) == 1
     assert worker_main() == restarted
     assert "worker exited with -9; restarting it" in stack.log.read_text(errors="replace")
