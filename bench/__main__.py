@@ -93,6 +93,14 @@ class Session:
             _say(f"  {m.name}: {m.ours:.4g} {m.unit} vs {m.baseline} {ratio}{verdict}")
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when it is inside it (`--output` may point anywhere)."""
+    try:
+        return str(path.resolve().relative_to(DOCS.parent))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     chosen = [k for k in ORDER if k in args.benchmarks] if args.benchmarks else list(ORDER)
@@ -145,10 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 session.run(
                     "memory", lambda r: memory.run(r, stack, db, rounds=args.rounds, after=after), notes=notes
                 )
-    _say(
-        f"done in {time.monotonic() - started:.0f} s; wrote {args.output.relative_to(DOCS.parent)} and "
-        f"{PLOTS.relative_to(DOCS.parent)}/*.png"
-    )
+    _say(f"done in {time.monotonic() - started:.0f} s; wrote {_shown(args.output)} and {_shown(PLOTS)}/*.png")
     return 0
 
 

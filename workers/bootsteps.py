@@ -37,6 +37,7 @@ class OutboxRelayStep(bootsteps.StartStopStep):
             send_payment=context.publisher.send_payment,
             send_notification=context.publisher.send_notification,
             republish_after=context.republish_after,
+            waiting=context.publisher.waiting,
         )
         self.thread = RelayThread(relay, interval=context.services.settings.relay_interval)
         self.thread.start()

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.bootstrap import Services, bootstrap
 from app.config import Settings
-from app.services.notifications import NotificationRunner
+from app.services.notifications import InlineConfirmations, NotificationRunner
 from app.services.payment_jobs import DEFAULT_LEASE_MARGIN, PaymentJobRunner
 from workers.publisher import CeleryPublisher
 from workers.relay import DEFAULT_REPUBLISH_AFTER
@@ -56,17 +56,18 @@ def build_context(services: Services) -> WorkerContext:
         publisher = CeleryPublisher(services.settings)
     lease_margin = _seconds(LEASE_MARGIN_ENV, DEFAULT_LEASE_MARGIN)
     notification_policy = policies.dependencies["notification"]
+    notifications = NotificationRunner(
+        engine=services.engine, sender=services.extra["notifier"], flags=services.flags,
+        send_timeout=notification_policy.total_timeout, lease_margin=lease_margin,
+    )
     return WorkerContext(
         services=services,
         publisher=publisher,
         payments=PaymentJobRunner(
             engine=services.engine, gateway=services.extra["job_payments"], config=policies.jobs_payment,
-            announcer=publisher, lease_margin=lease_margin,
+            announcer=publisher, confirmations=InlineConfirmations(notifications), lease_margin=lease_margin,
         ),
-        notifications=NotificationRunner(
-            engine=services.engine, sender=services.extra["notifier"], flags=services.flags,
-            send_timeout=notification_policy.total_timeout, lease_margin=lease_margin,
-        ),
+        notifications=notifications,
         republish_after=_seconds(REPUBLISH_AFTER_ENV, DEFAULT_REPUBLISH_AFTER),
     )
 

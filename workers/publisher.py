@@ -70,6 +70,15 @@ class CeleryPublisher:
     def dead_lettered(self, dead_letter_id: int, order_id: str) -> None:
         self._hint(DEAD_LETTER, [dead_letter_id, order_id])
 
+    def waiting(self, queue_name: str) -> int | None:
+        """Messages waiting in a broker queue (not yet taken by a worker); None when the broker cannot say."""
+        try:
+            with self._celery().pool.acquire(block=True, timeout=1.0) as connection:
+                return int(connection.default_channel.queue_declare(queue=queue_name).message_count)
+        except Exception:
+            log.debug("queue length unknown", exc_info=True)
+            return None
+
     def flush(self, timeout: float = 1.0) -> bool:
         """Wait until queued hints went out (for short-lived processes such as the CLI)."""
         deadline = self._monotonic() + timeout

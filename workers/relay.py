@@ -3,6 +3,12 @@
 It runs as a thread in the Celery worker's main process. Several relays at once (several workers) are
 harmless: marking a job published is a conditional UPDATE, so at most one relay publishes it per round, and
 a job published twice is still run once (the worker's claim).
+
+A job's first message is usually the API's hint, which leaves no mark in the database, so a due job the relay
+finds never published may well be waiting in the queue already. While a queue still holds messages, the relay
+therefore publishes nothing to it: the workers are busy with what is there, and a second message per job
+would double their work just when a backlog drains. Once the queue is empty, any job still pending and due
+has no message left and is published (or republished) as before.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from sqlalchemy import Engine
 
 from app.adapters import jobs_repository as jobs
 from app.adapters.db import read, write
+from workers.celery_app import PROCESS_PAYMENT, QUEUES, SEND_NOTIFICATION
 
 log = logging.getLogger("orderflow.relay")
 
@@ -58,6 +65,14 @@ class OutboxRelay:
     republish_after: float = DEFAULT_REPUBLISH_AFTER
     batch: int = BATCH
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Messages waiting in a broker queue, None when unknown (then the relay publishes as if it were empty).
+    waiting: Callable[[str], int | None] | None = None
+
+    def _queue_busy(self, queue_name: str) -> bool:
+        if self.waiting is None:
+            return False
+        count = self.waiting(queue_name)
+        return count is not None and count > 0
 
     def run_once(self) -> RelayPass:
         now = self.now()
@@ -67,11 +82,18 @@ class OutboxRelay:
             reclaimed += jobs.reclaim_expired_notification_leases(conn, now=now)
         if reclaimed:
             log.warning("reclaimed jobs whose lease expired", extra={"event": "lease_expired", "jobs": reclaimed})
-        with no_fork(), read(self.engine) as conn:
-            payment_ids = jobs.due_payment_jobs(conn, now=now, republish_before=republish_before, limit=self.batch)
-            notification_ids = jobs.due_notification_jobs(
-                conn, now=now, republish_before=republish_before, limit=self.batch
-            )
+        payments_busy = self._queue_busy(QUEUES[PROCESS_PAYMENT])
+        notifications_busy = self._queue_busy(QUEUES[SEND_NOTIFICATION])
+        payment_ids: list[str] = []
+        notification_ids: list[int] = []
+        if not (payments_busy and notifications_busy):
+            with no_fork(), read(self.engine) as conn:
+                if not payments_busy:
+                    payment_ids = jobs.due_payment_jobs(conn, now=now, republish_before=republish_before,
+                                                        limit=self.batch)
+                if not notifications_busy:
+                    notification_ids = jobs.due_notification_jobs(conn, now=now, republish_before=republish_before,
+                                                                  limit=self.batch)
         payments = notifications = 0
         try:
             for order_id in payment_ids:

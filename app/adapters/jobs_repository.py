@@ -1,19 +1,82 @@
 """Outbox, notification and dead-letter SQL. Every function takes an open Connection: the caller owns the
 transaction. Every change of a claimed job is conditional on its claim token, so a worker whose lease was
-taken over can no longer touch the job it lost."""
+taken over can no longer touch the job it lost.
+
+The statements a worker runs for every job are built once, with bound parameters, and say what they need in
+one round trip (UPDATE ... RETURNING): a backlog drains at the pace of these statements, and building a
+statement anew costs SQLAlchemy a cache key per execution."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    TextClause,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 
+from app.adapters.db import write
 from app.adapters.repository import utc
 from app.adapters.tables import dead_letters, notification_jobs, orders, payment_attempts, payment_jobs
+
+
+@lru_cache(maxsize=16)
+def _autocommit(engine: Engine) -> Engine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+_HELD: ContextVar[tuple[Engine, Connection] | None] = ContextVar("orderflow_held_connection", default=None)
+
+
+@contextmanager
+def one_connection(engine: Engine) -> Iterator[None]:
+    """Every `single_statement` on `engine` inside this block runs on one connection (PostgreSQL): a job checks
+    a connection out of the pool, and pings it, once instead of once per statement."""
+    if engine.dialect.name != "postgresql" or _HELD.get() is not None:
+        yield
+        return
+    with _autocommit(engine).connect() as conn:
+        token = _HELD.set((engine, conn))
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+
+
+@contextmanager
+def single_statement(engine: Engine) -> Iterator[Connection]:
+    """For a transaction of one statement. On PostgreSQL the statement is its own transaction (autocommit),
+    which spares the BEGIN and COMMIT round trips; elsewhere it runs in an ordinary write transaction."""
+    if engine.dialect.name != "postgresql":
+        with write(engine) as conn:
+            yield conn
+        return
+    held = _HELD.get()
+    if held is not None and held[0] is engine:
+        yield held[1]
+        return
+    with _autocommit(engine).connect() as conn:
+        yield conn
+
 
 # --- payment jobs: what the relay publishes ---------------------------------------------------------
 
@@ -83,27 +146,52 @@ class ClaimedJob:
     order_id: str
     retries: int
     claim_token: str
+    # The order as the claim found it: what the payment call needs, read in the same statement.
+    order_status: str = "PaymentPending"
+    customer_id: int = 0
+    total: Decimal = Decimal("0")
+    currency: str = "USD"
+
+
+_CLAIM_WHERE = and_(
+    payment_jobs.c.order_id == bindparam("job_order_id"),
+    payment_jobs.c.state == "pending",
+    payment_jobs.c.next_attempt_at <= bindparam("claim_now"),
+)
+_CLAIM_VALUES = {"state": "running", "lease_until": bindparam("claim_lease_until"),
+                 "claim_token": bindparam("claim_token_value"), "updated_at": bindparam("claim_now")}
+_ORDER_FOR_PAYMENT = (orders.c.status, orders.c.customer_id, orders.c.total, orders.c.currency)
+# PostgreSQL: the claim and the order in one statement (UPDATE ... FROM orders ... RETURNING).
+_CLAIM_PAYMENT_JOB_WITH_ORDER = (
+    update(payment_jobs)
+    .where(and_(_CLAIM_WHERE, orders.c.id == payment_jobs.c.order_id))
+    .values(_CLAIM_VALUES)
+    .returning(payment_jobs.c.retries, *_ORDER_FOR_PAYMENT)
+)
+# SQLite's RETURNING may not name the tables of UPDATE ... FROM: the claim, then the order.
+_CLAIM_PAYMENT_JOB = update(payment_jobs).where(_CLAIM_WHERE).values(_CLAIM_VALUES).returning(payment_jobs.c.retries)
+_ORDER_OF_JOB = select(*_ORDER_FOR_PAYMENT).where(orders.c.id == bindparam("job_order_id"))
 
 
 def claim_payment_job(
     conn: Connection, order_id: str, *, now: datetime, lease_until: datetime, token: str
 ) -> ClaimedJob | None:
-    """pending & due -> running, in one conditional UPDATE: of two messages for one job exactly one runs it."""
-    result = conn.execute(
-        update(payment_jobs)
-        .where(
-            and_(
-                payment_jobs.c.order_id == order_id,
-                payment_jobs.c.state == "pending",
-                payment_jobs.c.next_attempt_at <= now,
-            )
-        )
-        .values(state="running", lease_until=lease_until, claim_token=token, updated_at=now)
-    )
-    if result.rowcount != 1:
-        return None
-    retries = conn.execute(select(payment_jobs.c.retries).where(payment_jobs.c.order_id == order_id)).scalar_one()
-    return ClaimedJob(order_id, int(retries), token)
+    """pending & due -> running, in one conditional UPDATE: of two messages for one job exactly one runs it.
+    It returns the retry count and, on PostgreSQL in the same statement, the order's payment details."""
+    params = {"job_order_id": order_id, "claim_now": now, "claim_lease_until": lease_until,
+              "claim_token_value": token}
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(_CLAIM_PAYMENT_JOB_WITH_ORDER, params).first()
+        if row is None:
+            return None
+        retries, order = row.retries, row
+    else:
+        retries = conn.execute(_CLAIM_PAYMENT_JOB, params).scalar()
+        if retries is None:
+            return None
+        order = conn.execute(_ORDER_OF_JOB, {"job_order_id": order_id}).one()
+    return ClaimedJob(order_id, int(retries), token, order_status=order.status, customer_id=int(order.customer_id),
+                      total=Decimal(str(order.total)), currency=order.currency)
 
 
 def reschedule_payment_job(
@@ -118,13 +206,135 @@ def reschedule_payment_job(
     ).rowcount == 1
 
 
+_FINISH_PAYMENT_JOB = (
+    update(payment_jobs)
+    .where(and_(payment_jobs.c.order_id == bindparam("job_order_id"),
+                payment_jobs.c.claim_token == bindparam("job_claim_token")))
+    .values(state=bindparam("final_state"), lease_until=None, claim_token=None, updated_at=bindparam("finish_now"))
+)
+
+
 def finish_payment_job(conn: Connection, job: ClaimedJob, *, state: str, now: datetime) -> bool:
     """running -> done | dead."""
     return conn.execute(
-        update(payment_jobs)
-        .where(and_(payment_jobs.c.order_id == job.order_id, payment_jobs.c.claim_token == job.claim_token))
-        .values(state=state, lease_until=None, claim_token=None, updated_at=now)
+        _FINISH_PAYMENT_JOB,
+        {"job_order_id": job.order_id, "job_claim_token": job.claim_token, "final_state": state, "finish_now": now},
     ).rowcount == 1
+
+
+_SETTLE_ORDER = (
+    update(orders)
+    .where(and_(orders.c.id == bindparam("settle_order_id"), orders.c.status == bindparam("from_status")))
+    .values(status=bindparam("to_status"), payment_status=bindparam("to_payment_status"),
+            payment_id=bindparam("settle_payment_id"), failure_reason=bindparam("settle_failure_reason"),
+            message=None, payment_attempts=orders.c.payment_attempts + bindparam("new_attempts"),
+            updated_at=bindparam("settle_now"))
+)
+_COUNT_ATTEMPTS = (
+    update(orders)
+    .where(orders.c.id == bindparam("settle_order_id"))
+    .values(payment_attempts=orders.c.payment_attempts + bindparam("new_attempts"),
+            updated_at=bindparam("settle_now"))
+)
+
+
+def settle_payment_job(
+    conn: Connection,
+    job: ClaimedJob,
+    *,
+    from_status: str,
+    to_status: str,
+    payment_status: str,
+    attempts: Sequence[Any],
+    now: datetime,
+    payment_id: str | None = None,
+    failure_reason: str | None = None,
+    notification_kind: str | None = None,
+    notification_claimed_until: datetime | None = None,
+) -> tuple[bool, int | None]:
+    """The end of a run that settles its order: the attempts recorded (`AttemptRecord`s) and counted on the
+    order, the order moved by a conditional UPDATE (of two processes moving one order exactly one wins; when
+    someone else moved it, the attempts are still counted), the job done, and, if the order moved and
+    `notification_kind` is given, its notification job queued (see `queue_notification`). Returns (moved, the
+    new notification job's id). On PostgreSQL all of it is one statement, so it needs no transaction of its
+    own; elsewhere the caller's transaction holds the statements together."""
+    params: dict[str, Any] = {
+        "settle_order_id": job.order_id, "from_status": str(from_status), "to_status": str(to_status),
+        "to_payment_status": str(payment_status), "settle_payment_id": payment_id,
+        "settle_failure_reason": str(failure_reason) if failure_reason else None, "new_attempts": len(attempts),
+        "settle_now": now,
+    }
+    if conn.dialect.name == "postgresql":
+        for i, attempt in enumerate(attempts):
+            params.update({f"a{i}_{k}": v for k, v in attempt.to_dict().items()})
+            params[f"a{i}_started_at"] = attempt.started_at
+        params.update({
+            "job_claim_token": job.claim_token, "queue_kind": notification_kind or "",
+            "queue_state": "pending" if notification_claimed_until is None else "running",
+            "queue_lease_until": notification_claimed_until,
+        })
+        row = conn.execute(_settle_statement(len(attempts), notify=notification_kind is not None), params).one()
+        return bool(row.moved), (int(row.notification_id) if row.notification_id is not None else None)
+    if attempts:
+        conn.execute(insert(payment_attempts),
+                     [{"order_id": job.order_id, **a.to_dict(), "started_at": a.started_at} for a in attempts])
+    moved = conn.execute(_SETTLE_ORDER, params).rowcount == 1
+    if not moved and attempts:
+        conn.execute(_COUNT_ATTEMPTS, params)
+    finish_payment_job(conn, job, state="done", now=now)
+    notification = None
+    if moved and notification_kind is not None:
+        notification = queue_notification(conn, job.order_id, notification_kind, now=now,
+                                          claimed_until=notification_claimed_until)
+    return moved, notification
+
+
+_SETTLE_STATEMENTS: dict[tuple[int, bool], TextClause] = {}
+
+
+def _settle_statement(attempts: int, *, notify: bool) -> TextClause:
+    """PostgreSQL: settle_payment_job in one statement of data-modifying CTEs. `counted` touches the order
+    only when `moved` did not, so no row is updated twice."""
+    key = (attempts, notify)
+    statement = _SETTLE_STATEMENTS.get(key)
+    if statement is not None:
+        return statement
+    values = ", ".join(
+        f"(:settle_order_id, :a{i}_source, :a{i}_started_at, :a{i}_duration_ms, :a{i}_outcome, :a{i}_http_status, "
+        f":a{i}_error)"
+        for i in range(attempts)
+    )
+    recorded = (
+        f", recorded AS (INSERT INTO payment_attempts (order_id, source, started_at, duration_ms, outcome, "
+        f"http_status, error) VALUES {values})"
+        if attempts else ""
+    )
+    notification = (
+        ", notification AS (INSERT INTO notification_jobs (order_id, kind, state, attempts, next_attempt_at, "
+        "lease_until, created_at, updated_at) SELECT id, CAST(:queue_kind AS VARCHAR), "
+        "CAST(:queue_state AS VARCHAR), 0, :settle_now, CAST(:queue_lease_until AS TIMESTAMPTZ), :settle_now, "
+        ":settle_now FROM moved WHERE NOT EXISTS (SELECT 1 FROM notification_jobs "
+        "WHERE order_id = :settle_order_id AND kind = CAST(:queue_kind AS VARCHAR)) "
+        "RETURNING id)"
+        if notify else ""
+    )
+    statement = text(
+        "WITH moved AS (UPDATE orders SET status = :to_status, payment_status = :to_payment_status, "
+        "payment_id = :settle_payment_id, failure_reason = :settle_failure_reason, message = NULL, "
+        "payment_attempts = payment_attempts + :new_attempts, updated_at = :settle_now "
+        "WHERE id = :settle_order_id AND status = :from_status RETURNING id)"
+        + (", counted AS (UPDATE orders SET payment_attempts = payment_attempts + :new_attempts, "
+           "updated_at = :settle_now WHERE id = :settle_order_id AND NOT EXISTS (SELECT 1 FROM moved))"
+           if attempts else "")
+        + recorded
+        + ", finished AS (UPDATE payment_jobs SET state = 'done', lease_until = NULL, claim_token = NULL, "
+        "updated_at = :settle_now WHERE order_id = :settle_order_id AND claim_token = :job_claim_token)"
+        + notification
+        + " SELECT EXISTS (SELECT 1 FROM moved) AS moved, "
+        + ("(SELECT id FROM notification) AS notification_id" if notify else "NULL AS notification_id")
+    )
+    _SETTLE_STATEMENTS[key] = statement
+    return statement
 
 
 def restart_payment_job(conn: Connection, order_id: str, *, now: datetime) -> bool:
@@ -322,33 +532,81 @@ class ClaimedNotification:
     attempts: int
 
 
+_CLAIM_NOTIFICATION = (
+    update(notification_jobs)
+    .where(
+        and_(
+            notification_jobs.c.id == bindparam("job_id"),
+            notification_jobs.c.state == "pending",
+            notification_jobs.c.next_attempt_at <= bindparam("claim_now"),
+        )
+    )
+    .values(state="running", lease_until=bindparam("claim_lease_until"), updated_at=bindparam("claim_now"))
+    .returning(notification_jobs.c.order_id, notification_jobs.c.kind, notification_jobs.c.attempts)
+)
+
+
 def claim_notification(
     conn: Connection, job_id: int, *, now: datetime, lease_until: datetime
 ) -> ClaimedNotification | None:
-    result = conn.execute(
-        update(notification_jobs)
-        .where(
-            and_(
-                notification_jobs.c.id == job_id,
-                notification_jobs.c.state == "pending",
-                notification_jobs.c.next_attempt_at <= now,
-            )
-        )
-        .values(state="running", lease_until=lease_until, updated_at=now)
-    )
-    if result.rowcount != 1:
+    row = conn.execute(
+        _CLAIM_NOTIFICATION, {"job_id": job_id, "claim_now": now, "claim_lease_until": lease_until}
+    ).first()
+    if row is None:
         return None
-    row = conn.execute(select(notification_jobs).where(notification_jobs.c.id == job_id)).one()
-    return ClaimedNotification(int(row.id), row.order_id, row.kind, int(row.attempts))
+    return ClaimedNotification(job_id, row.order_id, row.kind, int(row.attempts))
+
+
+_QUEUE_NOTIFICATION = (
+    insert(notification_jobs)
+    .from_select(
+        ["order_id", "kind", "state", "attempts", "next_attempt_at", "lease_until", "created_at", "updated_at"],
+        select(
+            bindparam("queue_order_id", type_=notification_jobs.c.order_id.type),
+            bindparam("queue_kind", type_=notification_jobs.c.kind.type),
+            bindparam("queue_state", type_=notification_jobs.c.state.type),
+            literal(0),
+            bindparam("queue_now", type_=notification_jobs.c.created_at.type),
+            bindparam("queue_lease_until", type_=notification_jobs.c.lease_until.type),
+            bindparam("queue_now", type_=notification_jobs.c.created_at.type),
+            bindparam("queue_now", type_=notification_jobs.c.created_at.type),
+        ).where(
+            ~exists().where(
+                and_(notification_jobs.c.order_id == bindparam("queue_order_id"),
+                     notification_jobs.c.kind == bindparam("queue_kind"))
+            )
+        ),
+    )
+    .returning(notification_jobs.c.id)
+)
+
+
+def queue_notification(
+    conn: Connection, order_id: str, kind: str, *, now: datetime, claimed_until: datetime | None = None
+) -> int | None:
+    """At most one notification job per order and kind, in one statement; the new job's id, or None when
+    there was one already. `claimed_until`: the writer sends it itself, so the job starts claimed (running)
+    under a lease until then; if the writer dies first, the lease runs out and the relay hands it out."""
+    row = conn.execute(
+        _QUEUE_NOTIFICATION,
+        {"queue_order_id": order_id, "queue_kind": kind, "queue_now": now,
+         "queue_state": "pending" if claimed_until is None else "running", "queue_lease_until": claimed_until},
+    ).first()
+    return int(row.id) if row is not None else None
+
+
+_FINISH_NOTIFICATION = (
+    update(notification_jobs)
+    .where(and_(notification_jobs.c.id == bindparam("job_id"), notification_jobs.c.state == "running"))
+    .values(state=bindparam("final_state"), attempts=bindparam("final_attempts"), lease_until=None,
+            updated_at=bindparam("finish_now"))
+)
 
 
 def finish_notification(conn: Connection, job_id: int, *, state: str, attempts: int, now: datetime) -> None:
     """running -> done | skipped | failed."""
-    conn.execute(
-        update(notification_jobs)
-        .where(and_(notification_jobs.c.id == job_id, notification_jobs.c.state == "running"))
-        .values(state=state, attempts=attempts, lease_until=None, updated_at=now)
-    )
+    conn.execute(_FINISH_NOTIFICATION,
+                 {"job_id": job_id, "final_state": state, "final_attempts": attempts, "finish_now": now})
 
 
 def retry_notification(conn: Connection, job_id: int, *, attempts: int, due_at: datetime, now: datetime) -> None:

@@ -16,14 +16,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
 from app.adapters import jobs_repository as jobs
 from app.adapters import repository as repo
 from app.adapters.db import write
-from app.domain import FailureReason, OrderStatus, money
+from app.domain import FailureReason, OrderStatus, check_transition, money
+from app.domain.model import PAYMENT_STATUS_FOR
 from app.metrics import PAYMENT_JOBS
 from app.resilience.backoff import full_jitter_delay
 from app.resilience.config import JobsPaymentConfig
@@ -46,6 +47,16 @@ class _Silent:
         return None
 
 
+class ConfirmationSender(Protocol):
+    """Sends an order's `order_confirmed` notification from the worker that confirmed it, right after the
+    commit, instead of through the broker."""
+
+    def claim_until(self, now: datetime) -> datetime | None:
+        """The lease the job is written with (claimed for this worker), or None to leave it to the relay."""
+
+    def send(self, job_id: int, order_id: str, kind: str) -> str: ...
+
+
 @dataclass
 class PaymentJobRunner:
     """Everything one job run needs, built once per worker process."""
@@ -54,6 +65,7 @@ class PaymentJobRunner:
     gateway: JobPaymentGateway
     config: JobsPaymentConfig
     announcer: DeadLetterAnnouncer = field(default_factory=_Silent)
+    confirmations: ConfirmationSender | None = None
     lease_margin: float = DEFAULT_LEASE_MARGIN
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
@@ -71,17 +83,22 @@ class PaymentJobRunner:
 def process_payment_job(order_id: str, *, runner: PaymentJobRunner) -> str:
     """Run the order's payment job if it is due; returns what happened (a `payment_jobs_total` outcome, or
     `skipped` when there was nothing to run)."""
+    with jobs.one_connection(runner.engine):
+        return _run(order_id, runner)
+
+
+def _run(order_id: str, runner: PaymentJobRunner) -> str:
     now = runner.now()
     lease_until = now + timedelta(seconds=runner.config.attempt_timeout + runner.lease_margin)
-    with write(runner.engine) as conn:
+    with jobs.single_statement(runner.engine) as conn:
         job = jobs.claim_payment_job(conn, order_id, now=now, lease_until=lease_until, token=uuid.uuid4().hex)
-        if job is None:
-            return _done(order_id, "skipped", "not due, already running or finished")
-        order = repo.get_order(conn, order_id)
-        if order is None or order.status is not OrderStatus.PAYMENT_PENDING:
-            # The real-time path (or an earlier run) already settled the order: nothing left to pay.
+    if job is None:
+        return _done(order_id, "skipped", "not due, already running or finished")
+    if job.order_status != OrderStatus.PAYMENT_PENDING:
+        # The real-time path (or an earlier run) already settled the order: nothing left to pay.
+        with jobs.single_statement(runner.engine) as conn:
             jobs.finish_payment_job(conn, job, state="done", now=now)
-            return _done(order_id, "skipped", "order already settled")
+        return _done(order_id, "skipped", "order already settled")
 
     break_until = runner.gateway.circuit_break_until()
     if break_until is not None:
@@ -89,7 +106,7 @@ def process_payment_job(order_id: str, *, runner: PaymentJobRunner) -> str:
 
     try:
         result = runner.gateway.capture(
-            order_id=order.id, customer_id=order.customer_id, amount=money(order.total), currency=order.currency,
+            order_id=order_id, customer_id=job.customer_id, amount=money(job.total), currency=job.currency,
             deadline=runner.monotonic() + runner.config.attempt_timeout, source="worker",
         )
     except Exception as exc:  # the gateway promises not to raise; a bug there must not strand the job
@@ -114,11 +131,23 @@ def process_payment_job(order_id: str, *, runner: PaymentJobRunner) -> str:
     return _exhausted(runner, job, result)
 
 
+# Outcomes every job of a healthy backlog ends with: counted by `payment_jobs_total`, logged only at DEBUG
+# (a JSON line per job would cost the drain more than some of its SQL); every other outcome is a decision
+# an operator wants to see, logged at INFO.
+_ROUTINE = frozenset({"succeeded", "skipped"})
+_COUNTERS: dict[str, Any] = {}
+
+
 def _done(order_id: str, outcome: str, detail: str) -> str:
     if outcome != "skipped":
-        PAYMENT_JOBS.labels(outcome).inc()
-    log.info("payment job %s", outcome, extra={"event": "payment_job", "order_id": order_id, "outcome": outcome,
-                                               "detail": detail})
+        counter = _COUNTERS.get(outcome)
+        if counter is None:
+            counter = _COUNTERS[outcome] = PAYMENT_JOBS.labels(outcome)
+        counter.inc()
+    level = logging.DEBUG if outcome in _ROUTINE else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "payment job %s", outcome,
+                extra={"event": "payment_job", "order_id": order_id, "outcome": outcome, "detail": detail})
     return outcome
 
 
@@ -149,19 +178,27 @@ def _settle(
     payment_id: str | None = None,
     failure_reason: FailureReason | None = None,
 ) -> str:
-    """Captured (or found in the ledger) -> Confirmed; declined -> PaymentFailed: order, job and notification
-    change in one transaction."""
+    """Captured (or found in the ledger) -> Confirmed; declined -> PaymentFailed: attempts, order, job and
+    notification change in one transaction. The notification is then sent at once by this worker when it can
+    (its row stays the guarantee: the relay hands it out if this process dies first)."""
+    check_transition(OrderStatus.PAYMENT_PENDING, to_status)
     now = runner.now()
-    with write(runner.engine) as conn:
-        if result is not None:
-            repo.record_attempts(conn, job.order_id, result.attempts, now=now)
-        moved = repo.move_order(
-            conn, job.order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=to_status, now=now,
-            payment_id=payment_id, failure_reason=failure_reason,
+    confirmations = runner.confirmations if to_status is OrderStatus.CONFIRMED else None
+    claimed_until = confirmations.claim_until(now) if confirmations is not None else None
+    with jobs.single_statement(runner.engine) as conn:
+        moved, notification = jobs.settle_payment_job(
+            conn, job, from_status=OrderStatus.PAYMENT_PENDING, to_status=to_status,
+            payment_status=PAYMENT_STATUS_FOR[to_status], attempts=result.attempts if result is not None else (),
+            now=now, payment_id=payment_id, failure_reason=failure_reason,
+            notification_kind=ORDER_CONFIRMED if to_status is OrderStatus.CONFIRMED else None,
+            notification_claimed_until=claimed_until,
         )
-        jobs.finish_payment_job(conn, job, state="done", now=now)
-        if moved and to_status is OrderStatus.CONFIRMED:
-            repo.queue_notification(conn, job.order_id, ORDER_CONFIRMED, now=now)
+    if confirmations is not None and claimed_until is not None and notification is not None:
+        try:
+            confirmations.send(notification, job.order_id, ORDER_CONFIRMED)
+        except Exception:  # best effort: the claimed row is the guarantee, its lease hands it to the relay
+            log.warning("confirmation not sent inline", exc_info=True,
+                        extra={"event": "notification_error", "order_id": job.order_id})
     return _done(job.order_id, outcome, "order moved" if moved else "order was moved by someone else")
 
 
@@ -222,4 +259,5 @@ def _error(result: CaptureResult) -> str:
     return result.outcome
 
 
-__all__ = ["DEFAULT_LEASE_MARGIN", "ORDER_CONFIRMED", "PaymentJobRunner", "process_payment_job"]
+__all__ = ["DEFAULT_LEASE_MARGIN", "ORDER_CONFIRMED", "ConfirmationSender", "PaymentJobRunner",
+           "process_payment_job"]

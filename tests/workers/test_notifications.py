@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select
 
 from app.adapters import jobs_repository as jobs
@@ -11,8 +13,12 @@ from app.adapters import repository as repo
 from app.adapters.db import read, write
 from app.adapters.tables import notification_jobs
 from app.domain import OrderStatus
-from app.services.notifications import NotificationRunner, send_notification_job
-from tests.workers.fakes import Clock, order, place_order
+from app.resilience.config import JobsPaymentConfig
+from app.services.notifications import InlineConfirmations, NotificationRunner, send_notification_job
+from app.services.payment_jobs import PaymentJobRunner, process_payment_job
+from tests.workers.fakes import Clock, FakeJobGateway, order, place_order
+
+JOBS = JobsPaymentConfig(attempt_timeout=10.0, max_retries=3, backoff_base=1.0, backoff_max=60.0)
 
 
 class Sender:
@@ -94,3 +100,75 @@ def test_a_send_that_recovers_on_retry_is_done(engine: Engine) -> None:
     assert send_notification_job(job_id, runner=runner) == "retry"
     assert send_notification_job(job_id, runner=runner) == "sent"
     assert state(engine, order_id) == "done"
+
+
+def _confirm_with_inline_notification(
+    engine: Engine, clock: Clock, confirmations: InlineConfirmations
+) -> str:
+    order_id = place_order(engine, now=clock())
+    runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
+                              confirmations=confirmations)
+    assert process_payment_job(order_id, runner=runner) == "succeeded"
+    return order_id
+
+
+def _notification_row(engine: Engine, order_id: str) -> Any:
+    with read(engine) as conn:
+        return conn.execute(select(notification_jobs).where(notification_jobs.c.order_id == order_id)).one()
+
+
+def test_worker_that_confirms_an_order_sends_its_notification_at_once_and_the_relay_leaves_it(
+    engine: Engine,
+) -> None:
+    clock, sender = Clock(), Sender(True)
+    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock)
+    order_id = _confirm_with_inline_notification(engine, clock, InlineConfirmations(runner))
+    assert sender.sent == [(order_id, "order_confirmed")]
+    row = _notification_row(engine, order_id)
+    assert (row.state, row.attempts) == ("done", 1)
+    with read(engine) as conn:
+        assert row.id not in jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+
+
+def test_failed_inline_notification_is_retried_later_and_pauses_inline_sends(engine: Engine) -> None:
+    clock, sender = Clock(), Sender(False, True)
+    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock, rng=lambda: 1.0,
+                                monotonic=lambda: 100.0)
+    confirmations = InlineConfirmations(runner, pause=30.0)
+    first = _confirm_with_inline_notification(engine, clock, confirmations)
+    assert _notification_row(engine, first).state == "pending"  # retried the ordinary way, through the relay
+    assert confirmations.claim_until(clock()) is None
+
+    second = _confirm_with_inline_notification(engine, clock, confirmations)
+    assert [order_id for order_id, _ in sender.sent] == [first]  # the second one was not tried inline
+    row = _notification_row(engine, second)
+    assert (row.state, row.published_at) == ("pending", None)  # so the relay publishes it at once
+    clock.advance(5)
+    with read(engine) as conn:
+        due = jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+    assert row.id in due and _notification_row(engine, first).id in due
+
+
+def test_worker_that_dies_before_the_inline_send_leaves_a_lease_the_relay_takes_back(engine: Engine) -> None:
+    clock = Clock()
+
+    class Dies:
+        def claim_until(self, now: datetime) -> datetime:
+            return now + timedelta(seconds=10)
+
+        def send(self, job_id: int, order_id: str, kind: str) -> str:
+            raise SystemExit("killed")
+
+    order_id = place_order(engine, now=clock())
+    runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
+                              confirmations=Dies())
+    with pytest.raises(SystemExit):
+        process_payment_job(order_id, runner=runner)
+    assert order(engine, order_id).status is OrderStatus.CONFIRMED
+    row = _notification_row(engine, order_id)
+    assert row.state == "running"  # written claimed, under its lease
+    clock.advance(11)
+    with write(engine) as conn:
+        assert jobs.reclaim_expired_notification_leases(conn, now=clock()) >= 1
+    with read(engine) as conn:
+        assert row.id in jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)

@@ -260,3 +260,40 @@ def test_worker_that_lost_its_lease_cannot_touch_the_job_again(engine: Engine) -
         assert fresh is not None
         assert not jobs.finish_payment_job(conn, stale, state="dead", now=clock())
     assert job(engine, order_id).state == "running"
+
+
+def test_claim_returns_what_the_payment_call_needs_of_the_order(engine: Engine) -> None:
+    from app.adapters.db import write
+
+    clock = Clock()
+    order_id = place_order(engine, now=clock(), customer_id=77)
+    with write(engine) as conn:
+        claimed = jobs.claim_payment_job(conn, order_id, now=clock(), lease_until=clock() + timedelta(seconds=30),
+                                         token="c" * 32)
+    assert claimed is not None
+    assert (claimed.retries, claimed.order_status, claimed.customer_id, str(claimed.total), claimed.currency) == (
+        0, "PaymentPending", 77, "25.00", "USD")
+
+
+def test_capture_for_an_order_someone_else_settled_meanwhile_still_counts_its_attempt(
+    engine: Engine,
+) -> None:
+    from app.adapters import repository as repo
+    from app.adapters.db import write
+
+    clock = Clock()
+    order_id = place_order(engine, now=clock())
+
+    class SettledDuringTheCall(FakeJobGateway):
+        def capture(self, **kwargs: object):  # type: ignore[no-untyped-def, override]
+            with write(engine) as conn:  # the real-time path confirms the order while the worker's call runs
+                repo.move_order(conn, order_id, from_status=OrderStatus.PAYMENT_PENDING,
+                                to_status=OrderStatus.CONFIRMED, now=clock(), payment_id="pay_api")
+            return super().capture(**kwargs)  # type: ignore[arg-type]
+
+    gateway = SettledDuringTheCall(["captured"])
+    assert process_payment_job(order_id, runner=make_runner(engine, gateway, clock)) == "succeeded"
+    stored = order(engine, order_id)
+    assert (stored.status, stored.payment.payment_id, stored.payment.attempts) == (
+        OrderStatus.CONFIRMED, "pay_api", 1)
+    assert job(engine, order_id).state == "done"

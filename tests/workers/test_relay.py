@@ -136,3 +136,26 @@ def test_relay_thread_survives_a_failing_pass_and_stops_when_asked() -> None:
 @pytest.fixture(autouse=True)
 def _quiet_relay_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("ERROR", logger="orderflow.relay")
+
+
+def test_relay_publishes_nothing_to_a_queue_that_still_holds_messages(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock())
+    waiting = {"payments": 5, "notifications": 0}
+    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+                        republish_after=30.0, now=clock, waiting=waiting.get)
+    relay.run_once()
+    # The job's hint may be one of the waiting messages: a second one would only double the workers' work.
+    assert order_id not in broker.payments
+    waiting["payments"] = 0
+    relay.run_once()
+    assert broker.payments.count(order_id) == 1
+
+
+def test_relay_publishes_as_before_when_the_queue_length_is_unknown(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock())
+    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+                        republish_after=30.0, now=clock, waiting=lambda queue: None)
+    relay.run_once()
+    assert broker.payments.count(order_id) == 1
