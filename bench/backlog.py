@@ -150,6 +150,13 @@ def drain_ours(
     return drain, ids, profile
 
 
+def _stack_worker_option(prefix: str) -> str:
+    from app.supervisor import stack_processes
+
+    worker = next(spec for spec in stack_processes(Settings.from_env({})) if spec.name == "worker")
+    return next(arg for arg in worker.argv if arg.startswith(prefix))
+
+
 def drain_noop(stack: BenchStack, count: int, *, timeout: float) -> Drain:
     from .noop_worker import NOOP_QUEUE, NOOP_TASK, counter_key, make_app
 
@@ -164,7 +171,9 @@ def drain_noop(stack: BenchStack, count: int, *, timeout: float) -> Drain:
         "-A",
         "bench.noop_worker",
         "worker",
-        "--loglevel=WARNING",
+        # The stack worker's own log level: Celery logs every task received and done at INFO, and the
+        # baseline must pay for that as ours does ("same worker configuration").
+        _stack_worker_option("--loglevel="),
         f"--queues={NOOP_QUEUE}",
         "--concurrency=2",
         "--without-gossip",
