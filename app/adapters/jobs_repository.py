@@ -129,12 +129,13 @@ def unmark_payment_published(conn: Connection, order_id: str) -> None:
 
 def reclaim_expired_payment_leases(conn: Connection, *, now: datetime) -> int:
     """A running job whose lease ran out lost its worker (killed, frozen): it becomes pending and due now.
-    Its retry count is kept; the derived payment key makes running it again safe."""
+    The lost run counts as a retry, so a job that keeps killing its worker runs out of retries like one that
+    keeps failing, instead of taking workers down forever; the derived payment key makes a rerun safe."""
     return conn.execute(
         update(payment_jobs)
         .where(and_(payment_jobs.c.state == "running", payment_jobs.c.lease_until < now))
-        .values(state="pending", next_attempt_at=now, lease_until=None, claim_token=None, published_at=None,
-                updated_at=now)
+        .values(state="pending", retries=payment_jobs.c.retries + 1, next_attempt_at=now, lease_until=None,
+                claim_token=None, published_at=None, updated_at=now)
     ).rowcount
 
 

@@ -100,6 +100,12 @@ def _run(order_id: str, runner: PaymentJobRunner) -> str:
             jobs.finish_payment_job(conn, job, state="done", now=now)
         return _done(order_id, "skipped", "order already settled")
 
+    if job.retries > runner.config.max_retries:
+        # Only lost runs (expired leases) push a job past its retries: its worker died on every one of them.
+        # It makes no further call: the ledger decides, then the dead letter.
+        lost = CaptureResult("failed", error=f"the job's worker was lost (lease expired) on {job.retries} runs")
+        return _exhausted(runner, job, lost)
+
     break_until = runner.gateway.circuit_break_until()
     if break_until is not None:
         return _defer(runner, job, datetime.fromtimestamp(break_until, UTC), "payment circuit open")

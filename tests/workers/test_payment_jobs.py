@@ -297,3 +297,53 @@ def test_capture_for_an_order_someone_else_settled_meanwhile_still_counts_its_at
     assert (stored.status, stored.payment.payment_id, stored.payment.attempts) == (
         OrderStatus.CONFIRMED, "pay_api", 1)
     assert job(engine, order_id).state == "done"
+
+
+def _lose_worker_runs(engine: Engine, clock: Clock, order_id: str, runs: int) -> None:
+    """`runs` claims whose worker died mid-call: each lease runs out and the relay reclaims the job."""
+    from app.adapters.db import write
+
+    for run in range(runs):
+        with write(engine) as conn:
+            claimed = jobs.claim_payment_job(conn, order_id, now=clock(),
+                                             lease_until=clock() + timedelta(seconds=1), token=f"{run:032d}")
+        assert claimed is not None
+        clock.advance(2)
+        with write(engine) as conn:
+            assert jobs.reclaim_expired_payment_leases(conn, now=clock()) >= 1
+
+
+def test_a_lost_run_counts_as_a_retry(engine: Engine) -> None:
+    clock = Clock(datetime.now(UTC))
+    order_id = place_order(engine, now=clock())
+    _lose_worker_runs(engine, clock, order_id, 2)
+    assert (job(engine, order_id).state, job(engine, order_id).retries) == ("pending", 2)
+    gateway = FakeJobGateway(["captured"])
+    assert process_payment_job(order_id, runner=make_runner(engine, gateway, clock)) == "succeeded"
+    assert order(engine, order_id).status is OrderStatus.CONFIRMED
+
+
+def test_a_job_that_keeps_killing_its_worker_is_dead_lettered_without_another_call(engine: Engine) -> None:
+    clock, gateway = Clock(datetime.now(UTC)), FakeJobGateway(["captured"])
+    order_id = place_order(engine, now=clock())
+    _lose_worker_runs(engine, clock, order_id, 1 + CONFIG.max_retries)
+    outcome = process_payment_job(order_id, runner=make_runner(engine, gateway, clock))
+    assert outcome == "dead_lettered"
+    assert gateway.calls == [] and gateway.lookups == [order_id]
+    stored = order(engine, order_id)
+    assert (stored.status, stored.payment.failure_reason) == (
+        OrderStatus.PAYMENT_FAILED, FailureReason.RETRIES_EXHAUSTED)
+    with read(engine) as conn:
+        [letter] = [d for d in jobs.list_dead_letters(conn) if d.order_id == order_id]
+    assert "lease expired" in (letter.last_error or "")
+
+
+def test_a_job_whose_lost_run_captured_is_confirmed_from_the_ledger(engine: Engine) -> None:
+    clock = Clock(datetime.now(UTC))
+    order_id = place_order(engine, now=clock())
+    gateway = FakeJobGateway(["failed"], ledger=[{"id": "pay_lost_run", "order_id": order_id}])
+    _lose_worker_runs(engine, clock, order_id, 1 + CONFIG.max_retries)
+    assert process_payment_job(order_id, runner=make_runner(engine, gateway, clock)) == "succeeded"
+    assert gateway.calls == []
+    stored = order(engine, order_id)
+    assert (stored.status, stored.payment.payment_id) == (OrderStatus.CONFIRMED, "pay_lost_run")
