@@ -371,8 +371,12 @@ def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_cli
     common: dict[str, Any] = {"store": store, "hooks": hooks, "is_failure": http_failure,
                               "is_timeout": http_timeout, "retry_after": http_retry_after}
 
-    payment_pipeline = build_pipeline("payment", deps["payment"], hedging=False, **common)
     jobs = policies.jobs_payment
+    # The workers' attempts run on the same circuit and may take longer than the API's: a worker's half-open
+    # probe must hold the circuit for all of its attempt, or a second probe would start beside it.
+    payment_pipeline = build_pipeline("payment", deps["payment"], hedging=False,
+                                      probe_timeout=max(deps["payment"].attempt_timeout, jobs.attempt_timeout),
+                                      **common)
     # The workers count on the same `payment` circuit, with their own attempt timeout; the outbox retries.
     job_pipeline: ResiliencePipeline[Any] = ResiliencePipeline(
         "payment", attempt_timeout=jobs.attempt_timeout, total_timeout=jobs.attempt_timeout,

@@ -352,6 +352,7 @@ def build_pipeline(
     attempt_timeout: float | None = None,
     total_timeout: float | None = None,
     max_retries: int | None = None,
+    probe_timeout: float | None = None,
     hedging: bool = True,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
@@ -362,7 +363,9 @@ def build_pipeline(
 
     `store` holds circuit and budget state (a `RedisBreakerStore` makes them fleet-wide; default: this
     process). The overrides let the workers reuse a dependency's circuit with their own timeouts and retry
-    schedule; `hedging=False` turns hedging off for calls that are not idempotent reads.
+    schedule; `hedging=False` turns hedging off for calls that are not idempotent reads. `probe_timeout`
+    (default: the attempt timeout) is how long a half-open probe may run before it is presumed lost; a circuit
+    that callers with longer attempts share must allow the longest.
     """
     attempt = attempt_timeout if attempt_timeout is not None else dep_config.attempt_timeout
     total = total_timeout if total_timeout is not None else dep_config.total_timeout
@@ -388,7 +391,8 @@ def build_pipeline(
             sampling_duration=cb.sampling_duration,
             minimum_throughput=cb.minimum_throughput,
             break_duration=cb.break_duration,
-            probe_timeout=attempt,  # a probe cannot outlive its attempt; after that it is presumed lost
+            # A probe cannot outlive its attempt; after that it is presumed lost.
+            probe_timeout=probe_timeout if probe_timeout is not None else attempt,
             store=store,
             hooks=hooks,
             clock=clock,
