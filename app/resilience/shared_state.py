@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import AbstractConnection
+from redis.connection import AbstractConnection, Encoder, PythonRespSerializer
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -221,14 +221,13 @@ def connection_factory(client: redis.Redis) -> Callable[[], AbstractConnection]:
     return lambda: connection_class(**kwargs)
 
 
-def _bulk(part: str | bytes) -> bytes:
-    data = part.encode() if isinstance(part, str) else part
-    return b"$%d\r\n%s\r\n" % (len(data), data)
+# redis-py's own protocol writer, used without a connection so a command can be packed once and sent often.
+_SERIALIZER = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
 
 
 def pack_command(*parts: str | bytes) -> list[bytes]:
     """A command in the Redis protocol, ready for `send_packed_command`."""
-    return [b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)]
+    return _SERIALIZER.pack(*parts)
 
 
 def _roundtrip(connection: AbstractConnection, command: list[bytes]) -> Any:
