@@ -30,7 +30,7 @@ from .environment import PLOTS, ROOT, Database, binary
 from .placement import wait_drained
 from .plots import drain_plot
 from .results import BenchmarkResult, Measurement
-from .stack import BenchStack, tail
+from .stack import BenchStack, stop_process, tail
 
 BACKLOG_CUSTOMER = 4242  # marks the backlog's orders
 DEFAULT_BACKLOG = 10000  # the size; the section takes about 2 minutes
@@ -254,12 +254,7 @@ def drain_noop(stack: BenchStack, count: int, *, timeout: float) -> Drain:
                 os.killpg(worker.pid, signal.SIGCONT)
             return _watch(count, lambda: int(client.get(key) or 0) - 1, timeout=timeout)
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(timeout=5)
+            stop_process(worker, grace=15, group=True)
             client.close()
 
 

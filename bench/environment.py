@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,22 +86,13 @@ def _postgres_reachable(url: str) -> bool:
 @contextmanager
 def database(*, prefer: str = POSTGRES_URL) -> Iterator[Database]:
     """A migrated schema of the bench's own on the machine's PostgreSQL, dropped afterwards; else SQLite."""
-    from sqlalchemy import create_engine, text
-
-    from app.adapters.migrate import upgrade
+    from app.adapters.migrate import scratch_schema, upgrade
 
     if _postgres_reachable(prefer):
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        upgrade(prefer, schema=schema)
-        try:
+        with scratch_schema(prefer, prefix="bench_") as schema:
             yield Database(
                 prefer, schema, f"PostgreSQL 127.0.0.1:5432 db `test`, schema `{schema}` (dropped after)"
             )
-        finally:
-            engine = create_engine(prefer)
-            with engine.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            engine.dispose()
         return
     with tempfile.TemporaryDirectory(prefix="orderflow-bench-db-") as tmp:
         url = f"sqlite:///{tmp}/orderflow.db"

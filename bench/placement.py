@@ -15,7 +15,7 @@ from .environment import PLOTS, ROOT, Database, binary
 from .load import LoadResult, run_wrk
 from .plots import latency_plot
 from .results import BenchmarkResult, Measurement
-from .stack import BenchStack, free_ports, wait_http
+from .stack import BenchStack, free_ports, stop_process, wait_http
 
 REAL_TIME_PAYMENTS = "RealTimePayments"
 
@@ -60,12 +60,7 @@ def baseline_server(stack: BenchStack) -> Iterator[str]:
             wait_http(f"{url}/health", timeout=30, process=process, log=log)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+            stop_process(process, grace=10)
 
 
 def pending_orders(db: Database) -> int:

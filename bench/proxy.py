@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from .environment import ROOT
 from .results import BenchmarkResult, Measurement
-from .stack import free_ports, wait_http
+from .stack import free_ports, stop_process, wait_http
 
 GOAL_US = 100.0
 
@@ -31,12 +31,7 @@ def _process(argv: list[str], ready_url: str) -> Iterator[None]:
         wait_http(ready_url, timeout=30, process=process)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, grace=10)
 
 
 def _batch(conn: http.client.HTTPConnection, n: int) -> list[float]:

@@ -37,6 +37,20 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def stop_process(process: subprocess.Popen[bytes], *, grace: float, group: bool = False) -> None:
+    """SIGTERM, and SIGKILL (to its whole process group when `group`) if it has not exited within `grace`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.wait(timeout=5)
+
+
 def wait_http(
     url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None, log: Path | None = None
 ) -> None:
@@ -239,10 +253,4 @@ def running_stack(
             yield stack
         finally:
             stack.resume_workers()
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=5)
+            stop_process(process, grace=20, group=True)

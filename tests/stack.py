@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,22 +14,10 @@ from typing import Any
 
 import requests
 
+from bench.stack import free_ports
 from tests.support import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def descendants(pid: int) -> set[int]:

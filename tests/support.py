@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import create_engine, text
-
-from app.adapters.migrate import upgrade
+from app.adapters.migrate import scratch_schema, upgrade
 from app.domain import InventorySource
 from app.services.ports import CaptureResult, StockLevel
 
@@ -33,15 +30,8 @@ def fresh_database() -> Iterator[DatabaseHandle]:
     """PostgreSQL when DATABASE_URL is set (a schema of this test's own), otherwise a SQLite file."""
     url = os.environ.get("DATABASE_URL")
     if url and not url.startswith("sqlite"):
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        upgrade(url, schema=schema)
-        try:
+        with scratch_schema(url, prefix="t_") as schema:
             yield DatabaseHandle(url, schema)
-        finally:
-            engine = create_engine(url)
-            with engine.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            engine.dispose()
         return
     with tempfile.TemporaryDirectory(prefix="orderflow-db-") as tmp:
         sqlite_url = f"sqlite:///{tmp}/orderflow.db"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from alembic import command
 from alembic.config import Config
 
@@ -15,3 +19,20 @@ def upgrade(database_url: str, *, schema: str | None = None, revision: str = "he
     config.attributes["database_schema"] = schema
     config.attributes["configure_logger"] = False
     command.upgrade(config, revision)
+
+
+@contextmanager
+def scratch_schema(database_url: str, *, prefix: str) -> Iterator[str]:
+    """A new PostgreSQL schema migrated to head, dropped with everything in it afterwards: one per test run
+    or benchmark, so runs sharing a database never see each other's rows."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"{prefix}{uuid.uuid4().hex[:12]}"
+    upgrade(database_url, schema=schema)
+    try:
+        yield schema
+    finally:
+        engine = create_engine(database_url)
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
