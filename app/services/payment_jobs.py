@@ -106,10 +106,8 @@ def _run(order_id: str, runner: PaymentJobRunner) -> str:
         lost = CaptureResult("failed", error=f"the job's worker was lost (lease expired) on {job.retries} runs")
         return _exhausted(runner, job, lost)
 
-    break_until = runner.gateway.circuit_break_until()
-    if break_until is not None:
-        return _defer(runner, job, datetime.fromtimestamp(break_until, UTC), "payment circuit open")
-
+    # No separate look at the circuit first: the call's own admission (one round trip to the shared state)
+    # refuses it while the circuit is open or isolated, and a refused call is deferred below.
     try:
         result = runner.gateway.capture(
             order_id=order_id, customer_id=job.customer_id, amount=money(job.total), currency=job.currency,
@@ -120,7 +118,8 @@ def _run(order_id: str, runner: PaymentJobRunner) -> str:
         result = CaptureResult("failed", error=f"{type(exc).__name__}: {exc}")
 
     if result.outcome == "not_attempted":
-        # Nothing reached the payment service (circuit opened meanwhile, bulkhead full): not a retry.
+        # Nothing reached the payment service (circuit open or isolated, bulkhead full): not a retry. An open
+        # circuit defers the job to the end of its break.
         until = runner.gateway.circuit_break_until()
         due = (datetime.fromtimestamp(until, UTC) if until is not None
                else runner.now() + timedelta(seconds=runner.retry_delay(0)))

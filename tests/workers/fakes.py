@@ -37,6 +37,9 @@ class FakeJobGateway:
 
     def capture(self, *, order_id: str, customer_id: int, amount: str, currency: str, deadline: float,
                 source: str) -> CaptureResult:
+        if self.break_until is not None:
+            # As the real pipeline does: the open circuit refuses the call before anything is sent.
+            return CaptureResult("not_attempted", error="circuit open")
         outcome = self.outcomes[min(len(self.calls), len(self.outcomes) - 1)]
         self.calls.append(order_id)
         status = STATUS_FOR.get(outcome)

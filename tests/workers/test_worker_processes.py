@@ -183,3 +183,29 @@ def _running_jobs(stack: WorkerStack, order_ids: list[str]) -> int:
 
     with read(stack.services.engine) as conn:
         return sum(1 for o in order_ids if (j := jobs.get_payment_job(conn, o)) is not None and j.state == "running")
+
+
+def test_a_worker_makes_no_call_while_the_circuit_is_isolated_and_confirms_after_reset(stack: WorkerStack) -> None:
+    """The job's only look at the circuit is its call's own admission: refused, the job is deferred, uses no
+    retry and reaches nothing; after a reset it runs."""
+    from app.adapters import jobs_repository as jobs
+    from app.adapters.db import read
+
+    breaker = stack.services.extra["circuits"].breakers["payment"]
+    stack.start_worker()
+    stack.set_flag("RealTimePayments", False)
+    breaker.isolate()
+    try:
+        order = stack.place()
+
+        wait_until(lambda: "deferred" in stack.log(), timeout=15, what="the job deferred by a worker")
+        assert stack.captures(order.id) == []
+        stored = stack.order(order.id)
+        assert (stored.status, stored.payment.attempts) == ("PaymentPending", 0)
+        with read(stack.services.engine) as conn:
+            job = jobs.get_payment_job(conn, order.id)
+        assert job is not None and job.retries == 0
+    finally:
+        breaker.reset()
+    stack.wait_for_status([order.id], "Confirmed", timeout=30)
+    assert len(stack.captures(order.id)) == 1
