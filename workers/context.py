@@ -14,7 +14,7 @@ from typing import Any
 
 from app.bootstrap import Services, bootstrap
 from app.config import Settings
-from app.services.notifications import InlineConfirmations, NotificationRunner
+from app.services.notifications import BackgroundConfirmations, NotificationRunner
 from app.services.payment_jobs import DEFAULT_LEASE_MARGIN, PaymentJobRunner
 from workers.publisher import CeleryPublisher
 from workers.relay import DEFAULT_REPUBLISH_AFTER
@@ -29,6 +29,7 @@ class WorkerContext:
     publisher: CeleryPublisher
     payments: PaymentJobRunner
     notifications: NotificationRunner
+    confirmations: BackgroundConfirmations
     republish_after: float
 
 
@@ -60,14 +61,16 @@ def build_context(services: Services) -> WorkerContext:
         engine=services.engine, sender=services.extra["notifier"], flags=services.flags,
         send_timeout=notification_policy.total_timeout, lease_margin=lease_margin,
     )
+    confirmations = BackgroundConfirmations(notifications)
     return WorkerContext(
         services=services,
         publisher=publisher,
         payments=PaymentJobRunner(
             engine=services.engine, gateway=services.extra["job_payments"], config=policies.jobs_payment,
-            announcer=publisher, confirmations=InlineConfirmations(notifications), lease_margin=lease_margin,
+            announcer=publisher, confirmations=confirmations, lease_margin=lease_margin,
         ),
         notifications=notifications,
+        confirmations=confirmations,
         republish_after=_seconds(REPUBLISH_AFTER_ENV, DEFAULT_REPUBLISH_AFTER),
     )
 
@@ -86,4 +89,9 @@ def worker_context() -> WorkerContext:
     return context
 
 
-__all__ = ["WorkerContext", "build_context", "worker_context"]
+def current_context() -> WorkerContext | None:
+    """This process's context if it has built one (nothing is built)."""
+    return _contexts.get(os.getpid())
+
+
+__all__ = ["WorkerContext", "build_context", "current_context", "worker_context"]

@@ -596,18 +596,22 @@ def queue_notification(
     return int(row.id) if row is not None else None
 
 
-_FINISH_NOTIFICATION = (
+_FINISH_NOTIFICATIONS = (
     update(notification_jobs)
-    .where(and_(notification_jobs.c.id == bindparam("job_id"), notification_jobs.c.state == "running"))
+    .where(and_(notification_jobs.c.id.in_(bindparam("job_ids", expanding=True)),
+                notification_jobs.c.state == "running"))
     .values(state=bindparam("final_state"), attempts=bindparam("final_attempts"), lease_until=None,
             updated_at=bindparam("finish_now"))
 )
 
 
-def finish_notification(conn: Connection, job_id: int, *, state: str, attempts: int, now: datetime) -> None:
-    """running -> done | skipped | failed."""
-    conn.execute(_FINISH_NOTIFICATION,
-                 {"job_id": job_id, "final_state": state, "final_attempts": attempts, "finish_now": now})
+def finish_notifications(
+    conn: Connection, job_ids: Sequence[int], *, state: str, attempts: int, now: datetime
+) -> None:
+    """running -> done | skipped | failed, for every job of `job_ids` (one statement)."""
+    if job_ids:
+        conn.execute(_FINISH_NOTIFICATIONS, {"job_ids": list(job_ids), "final_state": state,
+                                             "final_attempts": attempts, "finish_now": now})
 
 
 def retry_notification(conn: Connection, job_id: int, *, attempts: int, due_at: datetime, now: datetime) -> None:

@@ -7,7 +7,10 @@ send is tried a few more times with full-jitter backoff, then given up: the orde
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -53,19 +56,26 @@ def send_notification_job(job_id: int, *, runner: NotificationRunner) -> str:
 def deliver_notification(job: jobs.ClaimedNotification, *, runner: NotificationRunner) -> str:
     """Send a claimed notification job and record the outcome (`sent`, `skipped`, `retry` or `failed`)."""
     if not runner.flags.is_enabled(NOTIFICATIONS_FLAG):
-        return _finish(runner, job, "skipped", job.attempts)
+        return _finish(runner, [job], "skipped", job.attempts)
+    if _try_send(runner, job):
+        return _finish(runner, [job], "done", job.attempts + 1)
+    return _failed(runner, job)
 
+
+def _try_send(runner: NotificationRunner, job: jobs.ClaimedNotification) -> bool:
     try:
-        sent = runner.sender.send(order_id=job.order_id, kind=job.kind,
+        return runner.sender.send(order_id=job.order_id, kind=job.kind,
                                   deadline=runner.monotonic() + runner.send_timeout)
     except Exception:  # best effort: a broken sender must not strand the job in `running`
         log.exception("notification sender raised", extra={"event": "notification_error", "order_id": job.order_id})
-        sent = False
+        return False
+
+
+def _failed(runner: NotificationRunner, job: jobs.ClaimedNotification) -> str:
+    """A send that did not go out: retried later with backoff, or given up after `max_attempts`."""
     attempts = job.attempts + 1
-    if sent:
-        return _finish(runner, job, "done", attempts)
     if attempts >= runner.max_attempts:
-        return _finish(runner, job, "failed", attempts)
+        return _finish(runner, [job], "failed", attempts)
     delay = full_jitter_delay(attempts - 1, runner.backoff_base, runner.backoff_max, runner.rng)
     now = runner.now()
     with jobs.single_statement(runner.engine) as conn:
@@ -75,54 +85,136 @@ def deliver_notification(job: jobs.ClaimedNotification, *, runner: NotificationR
     return "retry"
 
 
-def _finish(runner: NotificationRunner, job: jobs.ClaimedNotification, state: str, attempts: int) -> str:
-    with jobs.single_statement(runner.engine) as conn:
-        jobs.finish_notification(conn, job.id, state=state, attempts=attempts, now=runner.now())
+def _finish(runner: NotificationRunner, finished: list[jobs.ClaimedNotification], state: str, attempts: int) -> str:
+    """Every job of `finished` (one statement) -> `state`, with `attempts` runs."""
+    if finished:
+        with jobs.single_statement(runner.engine) as conn:
+            jobs.finish_notifications(conn, [job.id for job in finished], state=state, attempts=attempts,
+                                      now=runner.now())
     outcome = "sent" if state == "done" else state
     # A sent notification is routine (one per confirmed order; the notification service keeps the record):
     # DEBUG. A skipped or failed one is a decision worth a line.
     level = logging.WARNING if state == "failed" else logging.DEBUG if state == "done" else logging.INFO
     if log.isEnabledFor(level):
-        log.log(level, "notification %s", outcome, extra={"event": "notification", "order_id": job.order_id,
-                                                          "kind": job.kind, "outcome": outcome})
+        for job in finished:
+            log.log(level, "notification %s", outcome, extra={"event": "notification", "order_id": job.order_id,
+                                                              "kind": job.kind, "outcome": outcome})
     return outcome
 
 
-# The inline send waits at most this long: it holds up the payment job that confirmed the order.
-INLINE_SEND_TIMEOUT = 1.0
-# After an inline send that did not go out, confirmations go through the broker for this long.
-INLINE_PAUSE = 30.0
+# A confirmation's send is cut after this long, so one slow send holds up the others queued behind it little.
+CONFIRMATION_SEND_TIMEOUT = 1.0
+# After a confirmation that did not go out, confirmations go through the broker for this long.
+CONFIRMATION_PAUSE = 30.0
+# Confirmations waiting for a process's sender thread; past this, new ones go through the broker.
+CONFIRMATION_QUEUE = 256
+# Sent confirmations marked done by one statement.
+CONFIRMATION_BATCH = 64
+
+
+@dataclass(frozen=True)
+class _Queued:
+    job: jobs.ClaimedNotification
+    send_by: float  # monotonic; later, its lease may have run out and the relay may have handed the job out
 
 
 @dataclass
-class InlineConfirmations:
-    """Sends an order's confirmation from the worker that just confirmed it, sparing the job a trip through
-    the relay, the broker and a second task. The job is written claimed (running, under a lease) in the
-    confirming transaction, so a worker that dies before sending leaves a lease that runs out, and the relay
-    hands the job out as usual. The send is the ordinary run of a claimed job, with a shorter timeout: one
-    that fails or times out is retried the ordinary way, and for `pause` seconds later confirmations go
-    through the broker, so a slow notification service never slows down a payment backlog."""
+class BackgroundConfirmations:
+    """Sends the `order_confirmed` notification of an order this worker process has just confirmed, from a
+    sender thread of the process: the payment job that confirmed it moves on at once, so a backlog drains at
+    the pace of its payments, and the thread marks what it sent done in batches. This spares each
+    confirmation a trip through the relay, the broker and a task of its own.
+
+    The job is written claimed (running, under a lease) in the confirming transaction, so a confirmation the
+    thread does not send while its lease lasts (the process died or stopped first) is handed out by the relay
+    once the lease runs out. A send that fails or times out is retried the ordinary way, and for `pause`
+    seconds later confirmations go through the broker, as they do while `max_queued` wait for the thread: a
+    slow notification service never slows down a payment backlog."""
 
     runner: NotificationRunner
-    send_timeout: float = INLINE_SEND_TIMEOUT
-    pause: float = INLINE_PAUSE
+    send_timeout: float = CONFIRMATION_SEND_TIMEOUT
+    pause: float = CONFIRMATION_PAUSE
+    max_queued: int = CONFIRMATION_QUEUE
+    batch: int = CONFIRMATION_BATCH
     _paused_until: float = field(default=float("-inf"), init=False)
+    _queue: queue.Queue[_Queued] | None = field(default=None, init=False)
+    _pid: int | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
-        self._inline = replace(self.runner, send_timeout=min(self.send_timeout, self.runner.send_timeout))
+        self._sending = replace(self.runner, send_timeout=min(self.send_timeout, self.runner.send_timeout))
 
     def claim_until(self, now: datetime) -> datetime | None:
-        """The lease of a job written claimed now, or None to leave the job to the relay (paused)."""
+        """The lease of a job written claimed now, or None to leave the job to the relay (paused or backed up)."""
         if self.runner.monotonic() < self._paused_until:
             return None
-        return now + timedelta(seconds=self._inline.send_timeout + self._inline.lease_margin)
+        waiting = self._queue
+        if waiting is not None and self._pid == os.getpid() and waiting.qsize() >= self.max_queued:
+            return None
+        return now + timedelta(seconds=self._sending.send_timeout + self._sending.lease_margin)
 
     def send(self, job_id: int, order_id: str, kind: str) -> str:
-        outcome = deliver_notification(jobs.ClaimedNotification(job_id, order_id, kind, 0), runner=self._inline)
-        if outcome not in ("sent", "skipped"):
-            self._paused_until = self.runner.monotonic() + self.pause
-        return outcome
+        """Queue a job written claimed for the sender thread; returns at once."""
+        job = jobs.ClaimedNotification(job_id, order_id, kind, 0)
+        self._sender().put(_Queued(job, self.runner.monotonic() + self._sending.lease_margin))
+        return "queued"
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the sender thread has handled everything queued so far; False if `timeout` ran out."""
+        waiting = self._queue
+        if waiting is None or self._pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        with waiting.all_tasks_done:
+            while waiting.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                waiting.all_tasks_done.wait(left)
+        return True
+
+    def _sender(self) -> queue.Queue[_Queued]:
+        """This process's queue, its thread started on first use: threads do not survive a fork."""
+        with self._lock:
+            if self._queue is None or self._pid != os.getpid():
+                self._queue, self._pid = queue.Queue(), os.getpid()
+                threading.Thread(target=self._run, args=(self._queue,), name="orderflow-confirmations",
+                                 daemon=True).start()
+            return self._queue
+
+    def _run(self, waiting: queue.Queue[_Queued]) -> None:
+        while True:
+            batch = [waiting.get()]
+            while len(batch) < self.batch:
+                try:
+                    batch.append(waiting.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._deliver(batch)
+            except Exception:  # the database, most likely: the jobs' leases hand them to the relay
+                log.exception("confirmations not recorded", extra={"event": "notification_error"})
+            finally:
+                for _ in batch:
+                    waiting.task_done()
+
+    def _deliver(self, batch: list[_Queued]) -> None:
+        runner = self._sending
+        if not runner.flags.is_enabled(NOTIFICATIONS_FLAG):
+            _finish(runner, [item.job for item in batch], "skipped", 0)
+            return
+        sent = []
+        for item in batch:
+            now = runner.monotonic()
+            if now < self._paused_until or now > item.send_by:
+                continue  # left to its lease: the relay hands the job out when it runs out
+            if _try_send(runner, item.job):
+                sent.append(item.job)
+            else:
+                self._paused_until = runner.monotonic() + self.pause
+                _failed(runner, item.job)
+        _finish(runner, sent, "done", 1)
 
 
-__all__ = ["NOTIFICATIONS_FLAG", "InlineConfirmations", "NotificationRunner", "deliver_notification",
+__all__ = ["NOTIFICATIONS_FLAG", "BackgroundConfirmations", "NotificationRunner", "deliver_notification",
            "send_notification_job"]

@@ -48,13 +48,14 @@ class _Silent:
 
 
 class ConfirmationSender(Protocol):
-    """Sends an order's `order_confirmed` notification from the worker that confirmed it, right after the
+    """Sends an order's `order_confirmed` notification from the worker process that confirmed it, after the
     commit, instead of through the broker."""
 
     def claim_until(self, now: datetime) -> datetime | None:
         """The lease the job is written with (claimed for this worker), or None to leave it to the relay."""
 
-    def send(self, job_id: int, order_id: str, kind: str) -> str: ...
+    def send(self, job_id: int, order_id: str, kind: str) -> str:
+        """Send (or queue for sending) a job written claimed until `claim_until`; must not block for long."""
 
 
 @dataclass
@@ -184,8 +185,8 @@ def _settle(
     failure_reason: FailureReason | None = None,
 ) -> str:
     """Captured (or found in the ledger) -> Confirmed; declined -> PaymentFailed: attempts, order, job and
-    notification change in one transaction. The notification is then sent at once by this worker when it can
-    (its row stays the guarantee: the relay hands it out if this process dies first)."""
+    notification change in one transaction. The notification is then handed to this process's sender when it
+    can take it (its row stays the guarantee: the relay hands it out if this process dies first)."""
     check_transition(OrderStatus.PAYMENT_PENDING, to_status)
     now = runner.now()
     confirmations = runner.confirmations if to_status is OrderStatus.CONFIRMED else None
@@ -202,7 +203,7 @@ def _settle(
         try:
             confirmations.send(notification, job.order_id, ORDER_CONFIRMED)
         except Exception:  # best effort: the claimed row is the guarantee, its lease hands it to the relay
-            log.warning("confirmation not sent inline", exc_info=True,
+            log.warning("confirmation not handed to the sender", exc_info=True,
                         extra={"event": "notification_error", "order_id": job.order_id})
     return _done(job.order_id, outcome, "order moved" if moved else "order was moved by someone else")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from app.adapters import jobs_repository as jobs
 from app.adapters import repository as repo
@@ -14,7 +15,7 @@ from app.adapters.db import read, write
 from app.adapters.tables import notification_jobs
 from app.domain import OrderStatus
 from app.resilience.config import JobsPaymentConfig
-from app.services.notifications import InlineConfirmations, NotificationRunner, send_notification_job
+from app.services.notifications import BackgroundConfirmations, NotificationRunner, send_notification_job
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
 from tests.workers.fakes import Clock, FakeJobGateway, order, place_order
 
@@ -102,8 +103,8 @@ def test_a_send_that_recovers_on_retry_is_done(engine: Engine) -> None:
     assert state(engine, order_id) == "done"
 
 
-def _confirm_with_inline_notification(
-    engine: Engine, clock: Clock, confirmations: InlineConfirmations
+def _confirm_with_sent_notification(
+    engine: Engine, clock: Clock, confirmations: BackgroundConfirmations
 ) -> str:
     order_id = place_order(engine, now=clock())
     runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
@@ -117,12 +118,45 @@ def _notification_row(engine: Engine, order_id: str) -> Any:
         return conn.execute(select(notification_jobs).where(notification_jobs.c.order_id == order_id)).one()
 
 
-def test_worker_that_confirms_an_order_sends_its_notification_at_once_and_the_relay_leaves_it(
+class HeldSender(Sender):
+    """Holds its first send until `release()`, so the test decides when the sender thread moves on."""
+
+    def __init__(self, *answers: bool) -> None:
+        super().__init__(*answers)
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def send(self, *, order_id: str, kind: str, deadline: float) -> bool:
+        if not self.started.is_set():
+            self.started.set()
+            assert self.go.wait(10), "the test never released the sender"
+        return super().send(order_id=order_id, kind=kind, deadline=deadline)
+
+    def release(self) -> None:
+        self.go.set()
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_worker_that_confirms_an_order_hands_its_notification_to_a_sender_thread_and_the_relay_leaves_it(
     engine: Engine,
 ) -> None:
-    clock, sender = Clock(), Sender(True)
-    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock)
-    order_id = _confirm_with_inline_notification(engine, clock, InlineConfirmations(runner))
+    clock, sender = Clock(), HeldSender(True)
+    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(True),
+                                                               now=clock))
+    order_id = _confirm_with_sent_notification(engine, clock, confirmations)
+    # The payment job has returned while the send is still held: it never waits for the notification.
+    assert sender.started.wait(5) and sender.sent == []
+    assert _notification_row(engine, order_id).state == "running"  # claimed, under its lease
+    sender.release()
+    assert confirmations.flush(5)
     assert sender.sent == [(order_id, "order_confirmed")]
     row = _notification_row(engine, order_id)
     assert (row.state, row.attempts) == ("done", 1)
@@ -130,17 +164,43 @@ def test_worker_that_confirms_an_order_sends_its_notification_at_once_and_the_re
         assert row.id not in jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
 
 
-def test_failed_inline_notification_is_retried_later_and_pauses_inline_sends(engine: Engine) -> None:
+def test_confirmations_queued_behind_a_send_are_marked_done_by_one_statement(engine: Engine) -> None:
+    clock, sender = Clock(), HeldSender(True)
+    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(True),
+                                                               now=clock))
+    first = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert sender.started.wait(5)
+    queued = [_confirm_with_sent_notification(engine, clock, confirmations) for _ in range(5)]
+    finishes: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE NOTIFICATION_JOBS"):
+            finishes.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        sender.release()
+        assert confirmations.flush(5)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert sorted(o for o, _ in sender.sent) == sorted([first, *queued])
+    assert {_notification_row(engine, o).state for o in [first, *queued]} == {"done"}
+    assert len(finishes) == 2, finishes  # the held one, then the five queued behind it together
+
+
+def test_failed_confirmation_is_retried_later_and_pauses_the_sender(engine: Engine) -> None:
     clock, sender = Clock(), Sender(False, True)
     runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock, rng=lambda: 1.0,
                                 monotonic=lambda: 100.0)
-    confirmations = InlineConfirmations(runner, pause=30.0)
-    first = _confirm_with_inline_notification(engine, clock, confirmations)
+    confirmations = BackgroundConfirmations(runner, pause=30.0)
+    first = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert confirmations.flush(5)
     assert _notification_row(engine, first).state == "pending"  # retried the ordinary way, through the relay
     assert confirmations.claim_until(clock()) is None
 
-    second = _confirm_with_inline_notification(engine, clock, confirmations)
-    assert [order_id for order_id, _ in sender.sent] == [first]  # the second one was not tried inline
+    second = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert confirmations.flush(5)
+    assert [order_id for order_id, _ in sender.sent] == [first]  # the second one was not tried here
     row = _notification_row(engine, second)
     assert (row.state, row.published_at) == ("pending", None)  # so the relay publishes it at once
     clock.advance(5)
@@ -149,7 +209,55 @@ def test_failed_inline_notification_is_retried_later_and_pauses_inline_sends(eng
     assert row.id in due and _notification_row(engine, first).id in due
 
 
-def test_worker_that_dies_before_the_inline_send_leaves_a_lease_the_relay_takes_back(engine: Engine) -> None:
+def test_a_backed_up_sender_leaves_new_confirmations_to_the_relay(engine: Engine) -> None:
+    clock, sender = Clock(), HeldSender(True)
+    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(True),
+                                                               now=clock), max_queued=2)
+    held = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert sender.started.wait(5)
+    waiting = [_confirm_with_sent_notification(engine, clock, confirmations) for _ in range(2)]
+    assert confirmations.claim_until(clock()) is None
+    overflow = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert (_notification_row(engine, overflow).state, _notification_row(engine, overflow).published_at) == (
+        "pending", None)
+    sender.release()
+    assert confirmations.flush(5)
+    assert sorted(o for o, _ in sender.sent) == sorted([held, *waiting])
+    assert confirmations.claim_until(clock()) is not None
+
+
+def test_a_confirmation_that_waited_past_its_lease_margin_is_left_to_the_relay(engine: Engine) -> None:
+    clock, sender, ticks = Clock(), HeldSender(True), Ticks()
+    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock, monotonic=ticks,
+                                lease_margin=15.0)
+    confirmations = BackgroundConfirmations(runner)
+    held = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert sender.started.wait(5)
+    late = _confirm_with_sent_notification(engine, clock, confirmations)
+    ticks.now += 16.0  # its lease may have run out: another worker may be sending it
+    clock.advance(17)
+    sender.release()
+    assert confirmations.flush(5)
+    assert [o for o, _ in sender.sent] == [held]
+    assert _notification_row(engine, late).state == "running"
+    with write(engine) as conn:
+        assert jobs.reclaim_expired_notification_leases(conn, now=clock()) >= 1
+    with read(engine) as conn:
+        due = jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+    assert _notification_row(engine, late).id in due
+
+
+def test_confirmations_with_the_flag_off_are_skipped_unsent(engine: Engine) -> None:
+    clock, sender = Clock(), Sender(True)
+    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(False),
+                                                               now=clock))
+    order_id = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert confirmations.flush(5)
+    assert sender.sent == []
+    assert _notification_row(engine, order_id).state == "skipped"
+
+
+def test_worker_that_dies_before_the_send_leaves_a_lease_the_relay_takes_back(engine: Engine) -> None:
     clock = Clock()
 
     class Dies:
@@ -172,3 +280,19 @@ def test_worker_that_dies_before_the_inline_send_leaves_a_lease_the_relay_takes_
         assert jobs.reclaim_expired_notification_leases(conn, now=clock()) >= 1
     with read(engine) as conn:
         assert row.id in jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+
+
+def test_an_exiting_pool_process_gives_its_sender_thread_time_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from workers import context, tasks
+
+    flushed: list[float] = []
+    fake = SimpleNamespace(confirmations=SimpleNamespace(flush=flushed.append))
+    monkeypatch.setitem(context._contexts, os.getpid(), fake)
+    tasks.send_held_confirmations(sender=None, pid=os.getpid(), exitcode=0)
+    assert flushed == [tasks.CONFIRMATIONS_FLUSH_SECONDS]
+    monkeypatch.delitem(context._contexts, os.getpid())
+    tasks.send_held_confirmations(sender=None, pid=os.getpid(), exitcode=0)  # no context built: nothing to do
+    assert flushed == [tasks.CONFIRMATIONS_FLUSH_SECONDS]
