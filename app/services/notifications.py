@@ -108,8 +108,10 @@ CONFIRMATION_SEND_TIMEOUT = 1.0
 CONFIRMATION_PAUSE = 30.0
 # Confirmations waiting for a process's sender thread; past this, new ones go through the broker.
 CONFIRMATION_QUEUE = 256
-# Sent confirmations marked done by one statement.
+# Sent confirmations marked done by one statement, and how long the sender thread waits to gather them: a
+# statement per confirmation would cost a draining backlog more than the sends.
 CONFIRMATION_BATCH = 64
+CONFIRMATION_LINGER = 0.05
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class BackgroundConfirmations:
     pause: float = CONFIRMATION_PAUSE
     max_queued: int = CONFIRMATION_QUEUE
     batch: int = CONFIRMATION_BATCH
+    linger: float = CONFIRMATION_LINGER
     _paused_until: float = field(default=float("-inf"), init=False)
     _queue: queue.Queue[_Queued] | None = field(default=None, init=False)
     _pid: int | None = field(default=None, init=False)
@@ -185,9 +188,10 @@ class BackgroundConfirmations:
     def _run(self, waiting: queue.Queue[_Queued]) -> None:
         while True:
             batch = [waiting.get()]
+            gather_until = time.monotonic() + self.linger
             while len(batch) < self.batch:
                 try:
-                    batch.append(waiting.get_nowait())
+                    batch.append(waiting.get(timeout=max(0.0, gather_until - time.monotonic())))
                 except queue.Empty:
                     break
             try:
