@@ -43,6 +43,10 @@ class ProcessSpec:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+# Celery pool processes: a payment job spends most of its time waiting on the network (claim, capture,
+# settle), so one process more than the reference machine's two cores keeps them busy; four drained a
+# backlog more slowly than three (docs/benchmarks.md, benchmark 4).
+WORKER_CONCURRENCY = 3
 DEPENDENCIES = ("payment", "inventory", "notification")
 SIMULATOR_PORTS = (9101, 9102, 9103)
 PROXY_PORTS = (19101, 19102, 19103)
@@ -93,7 +97,7 @@ def stack_processes(
         ProcessSpec("api", [os.path.join(bindir, "gunicorn"), "--config", "python:app.gunicorn_config",
                             "app:create_app()"], 0, settings.api_port),
         ProcessSpec("worker", [os.path.join(bindir, "celery"), "-A", "workers", "worker", "--loglevel=INFO",
-                               "--queues=payments,notifications,dead_letter", "--concurrency=2",
+                               "--queues=payments,notifications,dead_letter", f"--concurrency={WORKER_CONCURRENCY}",
                                "--without-gossip", "--without-mingle"], 0, settings.worker_metrics_port),
     ]
 

@@ -1,7 +1,7 @@
 """The no-op Celery worker of benchmark 4's baseline: the stack's Celery configuration, one task that only
 counts itself in Redis, so a drain of N no-op messages is timed the same way as the payment backlog.
 
-`celery -A bench.noop_worker worker --concurrency=2 --queues=bench_drain`.
+`celery -A bench.noop_worker worker --concurrency=3 --queues=bench_drain`.
 """
 
 from __future__ import annotations

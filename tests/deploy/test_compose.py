@@ -58,7 +58,7 @@ def test_api_runs_gunicorn_on_all_interfaces_after_migrations(services: dict[str
 def test_worker_consumes_every_queue_and_publishes_its_metrics(services: dict[str, Any]) -> None:
     worker = services["worker"]
     assert _command(worker) == ["celery", "-A", "workers", "worker", "--loglevel=INFO",
-                                "--queues=payments,notifications,dead_letter", "--concurrency=2",
+                                "--queues=payments,notifications,dead_letter", "--concurrency=3",
                                 "--without-gossip", "--without-mingle"]
     assert worker["environment"]["WORKER_METRICS_PORT"] == "9808"
     assert 9808 in _published(worker)
