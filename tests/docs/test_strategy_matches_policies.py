@@ -29,6 +29,7 @@ from app.resilience.circuit_breaker import BUCKETS
 from app.resilience.config import DependencyConfig, ResilienceConfig, load_policies, parse_policies
 from app.resilience.pipeline import build_pipeline
 from app.resilience.shared_state import RedisBreakerStore
+from app.services import notifications
 from app.services.flags import CACHE_SECONDS
 from app.services.notifications import NotificationRunner
 from app.services.payment_jobs import DEFAULT_LEASE_MARGIN
@@ -194,6 +195,11 @@ def constant_rows() -> Table:
         "notification.job.max_attempts": runner["max_attempts"],
         "notification.job.backoff_base": runner["backoff_base"],
         "notification.job.backoff_max": runner["backoff_max"],
+        "notification.confirmation.send_timeout": notifications.CONFIRMATION_SEND_TIMEOUT,
+        "notification.confirmation.pause": notifications.CONFIRMATION_PAUSE,
+        "notification.confirmation.queue": notifications.CONFIRMATION_QUEUE,
+        "notification.confirmation.batch": notifications.CONFIRMATION_BATCH,
+        "notification.confirmation.linger": notifications.CONFIRMATION_LINGER,
         "flags.cache": CACHE_SECONDS,
         "database.wait": DB_WAIT_SECONDS,
         "api.processes": _gunicorn_setting("workers"),
