@@ -6,6 +6,7 @@ send is tried a few more times with full-jitter backoff, then given up: the orde
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import queue
@@ -181,8 +182,9 @@ class BackgroundConfirmations:
         with self._lock:
             if self._queue is None or self._pid != os.getpid():
                 self._queue, self._pid = queue.Queue(), os.getpid()
-                threading.Thread(target=self._run, args=(self._queue,), name="orderflow-confirmations",
-                                 daemon=True).start()
+                # A fresh context: the thread must never see the connection a payment job holds (one_connection).
+                threading.Thread(target=contextvars.Context().run, args=(self._run, self._queue),
+                                 name="orderflow-confirmations", daemon=True).start()
             return self._queue
 
     def _run(self, waiting: queue.Queue[_Queued]) -> None:
