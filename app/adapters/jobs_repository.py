@@ -19,8 +19,11 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    Column,
+    ColumnElement,
     Connection,
     Engine,
+    Table,
     TextClause,
     and_,
     bindparam,
@@ -81,50 +84,58 @@ def single_statement(engine: Engine) -> Iterator[Connection]:
 # --- payment jobs: what the relay publishes ---------------------------------------------------------
 
 
+# The relay's side of both outboxes (payment jobs by order id, notification jobs by id): which rows are due
+# for a message, and marking one published so that of two relays only one sends it.
+
+def _awaiting_message(table: Table, now: datetime, republish_before: datetime) -> ColumnElement[bool]:
+    """Pending, due, and never published or published so long ago that the message must be lost."""
+    return and_(
+        table.c.state == "pending",
+        # Still due: a worker may have deferred or rescheduled it since the relay read it.
+        table.c.next_attempt_at <= now,
+        or_(table.c.published_at.is_(None), table.c.published_at < republish_before),
+    )
+
+
+def _due(conn: Connection, key: Column[Any], *, now: datetime, republish_before: datetime, limit: int) -> list[Any]:
+    table = key.table
+    rows = conn.execute(
+        select(key).where(_awaiting_message(table, now, republish_before))
+        .order_by(table.c.next_attempt_at).limit(limit)
+    )
+    return [row[0] for row in rows]
+
+
+def _mark_published(conn: Connection, key: Column[Any], value: Any, *, now: datetime,
+                    republish_before: datetime) -> bool:
+    table = key.table
+    return conn.execute(
+        update(table).where(and_(key == value, _awaiting_message(table, now, republish_before)))
+        .values(published_at=now)
+    ).rowcount == 1
+
+
+def _unmark_published(conn: Connection, key: Column[Any], value: Any) -> None:
+    table = key.table
+    conn.execute(update(table).where(and_(key == value, table.c.state == "pending")).values(published_at=None))
+
+
 def due_payment_jobs(conn: Connection, *, now: datetime, republish_before: datetime, limit: int) -> list[str]:
     """Order ids of pending, due jobs never published or published so long ago the message must be lost."""
-    rows = conn.execute(
-        select(payment_jobs.c.order_id)
-        .where(
-            and_(
-                payment_jobs.c.state == "pending",
-                payment_jobs.c.next_attempt_at <= now,
-                or_(payment_jobs.c.published_at.is_(None), payment_jobs.c.published_at < republish_before),
-            )
-        )
-        .order_by(payment_jobs.c.next_attempt_at)
-        .limit(limit)
-    )
-    return [r.order_id for r in rows]
+    return [str(order_id) for order_id in _due(conn, payment_jobs.c.order_id, now=now,
+                                                republish_before=republish_before, limit=limit)]
 
 
 def mark_payment_published(
     conn: Connection, order_id: str, *, now: datetime, republish_before: datetime
 ) -> bool:
     """True for the one relay that gets to publish this job now; another relay running at once gets False."""
-    result = conn.execute(
-        update(payment_jobs)
-        .where(
-            and_(
-                payment_jobs.c.order_id == order_id,
-                payment_jobs.c.state == "pending",
-                # Still due: a worker may have deferred or rescheduled it since the relay read it.
-                payment_jobs.c.next_attempt_at <= now,
-                or_(payment_jobs.c.published_at.is_(None), payment_jobs.c.published_at < republish_before),
-            )
-        )
-        .values(published_at=now)
-    )
-    return result.rowcount == 1
+    return _mark_published(conn, payment_jobs.c.order_id, order_id, now=now, republish_before=republish_before)
 
 
 def unmark_payment_published(conn: Connection, order_id: str) -> None:
     """The publish failed: the next relay pass tries again instead of waiting for the republish delay."""
-    conn.execute(
-        update(payment_jobs)
-        .where(and_(payment_jobs.c.order_id == order_id, payment_jobs.c.state == "pending"))
-        .values(published_at=None)
-    )
+    _unmark_published(conn, payment_jobs.c.order_id, order_id)
 
 
 def reclaim_expired_payment_leases(conn: Connection, *, now: datetime) -> int:
@@ -474,47 +485,19 @@ def mark_dead_letter_replayed(conn: Connection, dead_letter_id: int, *, now: dat
 def due_notification_jobs(
     conn: Connection, *, now: datetime, republish_before: datetime, limit: int
 ) -> list[int]:
-    rows = conn.execute(
-        select(notification_jobs.c.id)
-        .where(
-            and_(
-                notification_jobs.c.state == "pending",
-                notification_jobs.c.next_attempt_at <= now,
-                or_(notification_jobs.c.published_at.is_(None),
-                    notification_jobs.c.published_at < republish_before),
-            )
-        )
-        .order_by(notification_jobs.c.next_attempt_at)
-        .limit(limit)
-    )
-    return [int(r.id) for r in rows]
+    """Ids of notification jobs awaiting a message, as `due_payment_jobs`."""
+    return [int(job_id) for job_id in _due(conn, notification_jobs.c.id, now=now,
+                                            republish_before=republish_before, limit=limit)]
 
 
 def mark_notification_published(
     conn: Connection, job_id: int, *, now: datetime, republish_before: datetime
 ) -> bool:
-    return conn.execute(
-        update(notification_jobs)
-        .where(
-            and_(
-                notification_jobs.c.id == job_id,
-                notification_jobs.c.state == "pending",
-                # Still due: a retry may have been scheduled since the relay read it.
-                notification_jobs.c.next_attempt_at <= now,
-                or_(notification_jobs.c.published_at.is_(None),
-                    notification_jobs.c.published_at < republish_before),
-            )
-        )
-        .values(published_at=now)
-    ).rowcount == 1
+    return _mark_published(conn, notification_jobs.c.id, job_id, now=now, republish_before=republish_before)
 
 
 def unmark_notification_published(conn: Connection, job_id: int) -> None:
-    conn.execute(
-        update(notification_jobs)
-        .where(and_(notification_jobs.c.id == job_id, notification_jobs.c.state == "pending"))
-        .values(published_at=None)
-    )
+    _unmark_published(conn, notification_jobs.c.id, job_id)
 
 
 def reclaim_expired_notification_leases(conn: Connection, *, now: datetime) -> int:
