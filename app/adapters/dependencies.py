@@ -317,7 +317,7 @@ class Circuits:
     def snapshots(self) -> list[dict[str, Any]]:
         out = []
         for name, breaker in self.breakers.items():
-            out.append(_snapshot_dict(breaker))
+            out.append(snapshot_dict(breaker))
             out[-1]["name"] = name
         return out
 
@@ -335,17 +335,14 @@ class Circuits:
         return "; ".join(notes) or None
 
 
-def _snapshot_dict(breaker: CircuitBreaker) -> dict[str, Any]:
+def snapshot_dict(breaker: CircuitBreaker) -> dict[str, Any]:
+    """A circuit as the admin API shows it."""
     snap = breaker.snapshot()
     until = None
     if snap.break_until is not None:
         until = datetime.fromtimestamp(snap.break_until, UTC).isoformat().replace("+00:00", "Z")
     return {"name": snap.name, "state": snap.state, "failure_ratio": round(snap.failure_ratio, 4),
             "throughput": snap.throughput, "break_until": until}
-
-
-def snapshot_dict(breaker: CircuitBreaker) -> dict[str, Any]:
-    return _snapshot_dict(breaker)
 
 
 def _service_check(transport: HttpTransport, name: str, base_url: str) -> Callable[[], str | None]:

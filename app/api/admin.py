@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +97,19 @@ def list_circuits() -> Response:
 
 @bp.post("/circuits/<name>/isolate")
 def isolate_circuit(name: str) -> Response:
-    from app.adapters.dependencies import snapshot_dict
-
-    breaker = _circuit(name)
-    breaker.isolate()
-    log.warning("circuit isolated", extra={"event": "circuit_isolated", "service": name})
-    return _json(200, snapshot_dict(breaker))
+    return _operate_circuit(name, "isolated", lambda breaker: breaker.isolate())
 
 
 @bp.post("/circuits/<name>/reset")
 def reset_circuit(name: str) -> Response:
+    return _operate_circuit(name, "reset", lambda breaker: breaker.reset())
+
+
+def _operate_circuit(name: str, done: str, operate: Callable[[Any], None]) -> Response:
+    """Isolate or reset one circuit (every process sees it through the shared state), log it, show it."""
     from app.adapters.dependencies import snapshot_dict
 
     breaker = _circuit(name)
-    breaker.reset()
-    log.warning("circuit reset", extra={"event": "circuit_reset", "service": name})
+    operate(breaker)
+    log.warning("circuit %s", done, extra={"event": f"circuit_{done}", "service": name})
     return _json(200, snapshot_dict(breaker))
