@@ -240,6 +240,22 @@ class LocalBreakerStore:
             circuit.probe_until = 0.0
         return None if previous is CLOSED else (previous, CLOSED)
 
+    def adopt(self, name: str, state: str, break_until: float | None = None) -> None:
+        """Start this circuit from a state decided elsewhere (the shared state last seen): `isolated`, `open`
+        until `break_until` (epoch seconds), or closed for anything else; with an empty window, reporting no
+        transition (nothing changed for the fleet)."""
+        circuit = self._circuit(name)
+        with circuit.lock:
+            circuit.window.clear()
+            circuit.probe_until = 0.0
+            if state == ISOLATED:
+                circuit.state = ISOLATED
+            elif state == OPEN and break_until is not None:
+                circuit.state = OPEN
+                circuit.open_until = self._clock() + (break_until - self._wall_clock())
+            else:
+                circuit.state = CLOSED
+
     def snapshot(self, name: str) -> CircuitSnapshot:
         circuit = self._circuit(name)
         with circuit.lock:

@@ -7,8 +7,9 @@ flush script updates the time-bucketed window and opens the circuit. A probe's o
 
 Open and the probe claim are keys with an expiry, so Redis's clock decides when a break ends and a lost
 probe frees itself; isolated is a key without expiry. While Redis cannot be reached the store decides from
-an in-process window (`degraded` is true) and tries Redis again after `retry_interval`: a call never waits
-on Redis beyond the client's own socket timeout.
+an in-process window (`degraded` is true), starting from the shared state it last saw (isolated stays
+isolated, open stays open until its break ends), and tries Redis again after `retry_interval`: a call never
+waits on Redis beyond the client's own socket timeout.
 
 The admission is the hot path, so it costs one round trip and little else: each thread keeps its own
 connection (no pool checkout per call) and sends a command packed once per circuit, flags and thread; with
@@ -46,6 +47,9 @@ from .circuit_breaker import (
     NO_BUDGET,
     OPEN,
     PROBE,
+    REJECT_HALF_OPEN,
+    REJECT_ISOLATED,
+    REJECT_OPEN,
     Admission,
     BreakerSpec,
     CircuitSnapshot,
@@ -318,6 +322,9 @@ class RedisBreakerStore:
         self._generation = 0  # bumped by `register`: the packed admissions carry the probe timeout
         self._connections: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
+        # The shared state of each circuit as last seen, when not closed (state, break end): while Redis is
+        # unreachable the local circuits start from it, so an isolated or open circuit stays so.
+        self._seen: dict[str, tuple[str, float | None]] = {}
         self._degraded = False
         self._retry_at = 0.0
         self._closed = False
@@ -340,6 +347,8 @@ class RedisBreakerStore:
     def _failed(self, exc: BaseException) -> None:
         if not self._degraded:
             _log.warning("shared circuit state unavailable, deciding locally: %s", exc)
+            for name in list(self._specs):
+                self._local.adopt(name, *self._seen.get(name, (CLOSED, None)))
         self._degraded = True
         self._retry_at = self._clock() + self._retry_interval
 
@@ -433,10 +442,25 @@ class RedisBreakerStore:
         if self._degraded:
             self._recovered()
         if reply.__class__ is int:  # the script's short answer: a code without break end or transition
-            return _ADMITTED if reply == 0 else _CODES[reply]
+            if reply == 0:
+                if self._seen:
+                    self._seen.pop(name, None)
+                return _ADMITTED
+            self._saw(name, reply, None)
+            return _CODES[reply]
         code, break_until, transition = reply
         until = int(break_until) / 1000.0 if int(break_until) else None
+        self._saw(name, int(code), until)
         return int(code), until, ((OPEN, HALF_OPEN) if transition else None)
+
+    def _saw(self, name: str, code: int, until: float | None) -> None:
+        """Remember what an admission showed of the shared state (see `_seen`)."""
+        if code == REJECT_ISOLATED:
+            self._seen[name] = (ISOLATED, None)
+        elif code in (REJECT_OPEN, REJECT_HALF_OPEN):  # half-open: the probe's end counts as the break's
+            self._seen[name] = (OPEN, until)
+        elif code in (ADMIT, PROBE):
+            self._seen.pop(name, None)
 
     def _admission_command(
         self, name: str, retry: bool, budget: BudgetSpec | None, check_breaker: bool, state: _ThreadState
@@ -523,12 +547,19 @@ class RedisBreakerStore:
         self._recovered()
         state = state.decode() if isinstance(state, bytes) else str(state)
         total, failed = int(total), int(failed)
+        until = int(break_until) / 1000.0 if state == OPEN and int(break_until) else None
+        # What the action left (isolate and reset answer with the state before them), for `_seen`.
+        after = ISOLATED if action == "isolate" else CLOSED if action == "reset" else state
+        if after == CLOSED:
+            self._seen.pop(name, None)
+        elif after == ISOLATED or until is not None:
+            self._seen[name] = (after, until)
         return CircuitSnapshot(
             name=name,
             state=state,
             failure_ratio=failed / total if total else 0.0,
             throughput=total,
-            break_until=int(break_until) / 1000.0 if state == OPEN and int(break_until) else None,
+            break_until=until,
         )
 
     # --- batched outcomes ---------------------------------------------------------------------------------

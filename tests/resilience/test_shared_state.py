@@ -5,9 +5,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -338,3 +340,69 @@ def test_a_forked_child_admits_on_its_own_connection_while_the_parent_does(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert answers == {ADMIT} and not store.degraded
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A Redis of this test alone, which the test may stop."""
+    from tests.conftest import _embedded_redis
+
+    proc, url = _embedded_redis(tmp_path)
+    try:
+        yield proc, url
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait(timeout=5)
+
+
+def _short_timeouts(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=0.05)
+
+
+@pytest.mark.parametrize("kept", ["isolated", "open"])
+def test_a_circuit_isolated_or_open_fleet_wide_stays_so_while_redis_is_unreachable(
+    private_redis: tuple[subprocess.Popen[bytes], str], key_prefix: str, kept: str
+) -> None:
+    proc, url = private_redis
+    store = RedisBreakerStore(_short_timeouts(url), key_prefix=key_prefix, retry_interval=60.0)
+    breaker = make_breaker(store, break_duration=30.0)
+    if kept == "isolated":
+        breaker.isolate()
+    else:
+        for _ in range(10):
+            breaker.record(False)
+        store.flush()
+    with pytest.raises(BrokenCircuitError):  # seen through Redis
+        breaker.acquire()
+    _stop(proc)
+    started = time.monotonic()
+    with pytest.raises(BrokenCircuitError):  # Redis gone: this process decides, from what it last saw
+        breaker.acquire()
+    assert store.degraded and time.monotonic() - started < 1.0
+    snapshot = breaker.snapshot()
+    assert snapshot.state == kept
+    if kept == "open":
+        assert snapshot.break_until is not None and snapshot.break_until > time.time() + 25
+    store.close()
+
+
+def test_a_closed_circuit_starts_closed_locally_when_redis_becomes_unreachable(
+    private_redis: tuple[subprocess.Popen[bytes], str], key_prefix: str
+) -> None:
+    proc, url = private_redis
+    store = RedisBreakerStore(_short_timeouts(url), key_prefix=key_prefix, retry_interval=60.0)
+    breaker = make_breaker(store)
+    breaker.isolate()
+    with pytest.raises(BrokenCircuitError):
+        breaker.acquire()
+    breaker.reset()
+    assert breaker.acquire() == ADMIT
+    _stop(proc)
+    assert breaker.acquire() == ADMIT  # the reset was the last word: closed, not the isolation before it
+    assert store.degraded and breaker.snapshot().state == "closed"
+    store.close()
