@@ -441,6 +441,20 @@ def run(
             + ", ".join(f"{k}: {v}" for k, v in sorted(ledger.items()))
             + "."
         )
+    if result.measurements[0].met is False:
+        result.notes.append(
+            "Why the goal stays missed. Fixed in OrderFlow's code for this benchmark: the claim and the settle are "
+            "one statement each on one connection per job; a job's only look at the circuit is its call's own "
+            "admission (one Redis round trip); routine outcomes log at DEBUG; the order_confirmed notification "
+            "leaves the job for a sender thread that marks sends done in batches; the worker runs 3 pool processes. "
+            "What remains above the bare drivers is SQLAlchemy Core around two statements, the resilience pipeline "
+            "with its hard-deadline HTTP client, and the notification send. Trading SQLAlchemy for raw driver "
+            "calls on the two hot statements is the one lever left in our code; it would not reach the goal "
+            "alone (the margin above assumes every core busy, which a drain of sequential round trips does not "
+            "reach), and the project keeps SQLAlchemy 2.x for every statement, so the goal is recorded as missed "
+            "on this 2-core machine, where the database, Redis, the proxy and the payment service run beside the "
+            "worker."
+        )
     result.notes.append(
         "Pool processes: the stack runs 3 on 2 cores because a payment job mostly waits on the network. "
         "Drains of 4,000 orders measured while choosing (2026-11-28, three drains each): 2 processes about "
