@@ -450,7 +450,7 @@ def run(
             "What remains above the bare drivers is SQLAlchemy Core around two statements, the resilience pipeline "
             "with its hard-deadline HTTP client, and the notification send. Trading SQLAlchemy for raw driver "
             "calls on the two hot statements is the one lever left in our code; it would not reach the goal "
-            "alone (the margin above assumes every core busy, which a drain of sequential round trips does not "
+            "alone (every core would also have to be busy, which a drain of sequential round trips does not "
             "reach), and the project keeps SQLAlchemy 2.x for every statement, so the goal is recorded as missed "
             "on this 2-core machine, where the database, Redis, the proxy and the payment service run beside the "
             "worker."
