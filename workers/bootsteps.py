@@ -38,6 +38,7 @@ class OutboxRelayStep(bootsteps.StartStopStep):
             send_notification=context.publisher.send_notification,
             republish_after=context.republish_after,
             waiting=context.publisher.waiting,
+            payments_held=lambda: context.payments.gateway.circuit_break_until() is not None,
         )
         self.thread = RelayThread(relay, interval=context.services.settings.relay_interval)
         self.thread.start()

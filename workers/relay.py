@@ -8,7 +8,8 @@ A job's first message is usually the API's hint, which leaves no mark in the dat
 finds never published may well be waiting in the queue already. While a queue still holds messages, the relay
 therefore publishes nothing to it: the workers are busy with what is there, and a second message per job
 would double their work just when a backlog drains. Once the queue is empty, any job still pending and due
-has no message left and is published (or republished) as before.
+has no message left and is published (or republished) as before. Nor does it hand out payment jobs while the
+payment circuit is open or isolated: a worker could only defer them again.
 """
 
 from __future__ import annotations
@@ -67,6 +68,19 @@ class OutboxRelay:
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # Messages waiting in a broker queue, None when unknown (then the relay publishes as if it were empty).
     waiting: Callable[[str], int | None] | None = None
+    # True while the payment circuit is open or isolated: no payment job is handed out then, since its worker
+    # could only defer it again; the jobs stay due, and the first pass after the break ends or the circuit
+    # is reset hands them out.
+    payments_held: Callable[[], bool] | None = None
+
+    def _payments_held(self) -> bool:
+        if self.payments_held is None:
+            return False
+        try:
+            with no_fork():
+                return self.payments_held()
+        except Exception:  # the circuit's state unknown: hand jobs out, their calls' admission decides
+            return False
 
     def _queue_busy(self, queue_name: str) -> bool:
         if self.waiting is None:
@@ -82,7 +96,7 @@ class OutboxRelay:
             reclaimed += jobs.reclaim_expired_notification_leases(conn, now=now)
         if reclaimed:
             log.warning("reclaimed jobs whose lease expired", extra={"event": "lease_expired", "jobs": reclaimed})
-        payments_busy = self._queue_busy(QUEUES[PROCESS_PAYMENT])
+        payments_busy = self._payments_held() or self._queue_busy(QUEUES[PROCESS_PAYMENT])
         notifications_busy = self._queue_busy(QUEUES[SEND_NOTIFICATION])
         payment_ids: list[str] = []
         notification_ids: list[int] = []

@@ -160,3 +160,33 @@ def test_relay_publishes_as_before_when_the_queue_length_is_unknown(engine: Engi
                         republish_after=30.0, now=clock, waiting=lambda queue: None)
     relay.run_once()
     assert broker.payments.count(order_id) == 1
+
+
+def test_relay_holds_payment_jobs_while_the_payment_circuit_is_open_or_isolated(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock(), due_at=clock() + timedelta(days=1))
+    with write(engine) as conn:
+        repo.queue_notification(conn, order_id, "order_confirmed", now=clock())
+    held = place_order(engine, now=clock())
+    circuit = {"held": True}
+    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+                        republish_after=30.0, now=clock, payments_held=lambda: circuit["held"])
+    relay.run_once()
+    assert held not in broker.payments  # its worker could only defer it
+    assert len(broker.notifications) == 1  # notifications do not wait on the payment circuit
+    circuit["held"] = False
+    relay.run_once()
+    assert broker.payments.count(held) == 1
+
+
+def test_relay_hands_payment_jobs_out_when_the_circuit_state_is_unknown(engine: Engine) -> None:
+    clock, broker = Clock(), Broker()
+    order_id = place_order(engine, now=clock())
+
+    def unknown() -> bool:
+        raise ConnectionError("state unreachable")
+
+    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+                        republish_after=30.0, now=clock, payments_held=unknown)
+    relay.run_once()
+    assert broker.payments.count(order_id) == 1
