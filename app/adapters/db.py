@@ -85,6 +85,31 @@ def write(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+class CommitOutcomeUnknown(Exception):
+    """The COMMIT itself failed (the connection died, the server went away): the transaction may or may not
+    have been committed. `__cause__` is the database error."""
+
+
+@contextmanager
+def write_reporting_commit(engine: Engine) -> Iterator[Connection]:
+    """As `write`, but a failure of the COMMIT is told apart from a failure before it: an error raised in the
+    block (or by BEGIN) means nothing was stored; CommitOutcomeUnknown means it may have been."""
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            try:
+                transaction.rollback()
+            except Exception:  # noqa: BLE001 - a dead connection rolls back by itself; the first error matters
+                pass
+            raise
+        try:
+            transaction.commit()
+        except Exception as exc:
+            raise CommitOutcomeUnknown(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+
+
 @contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:

@@ -79,6 +79,24 @@ class DecisionLog:
             self._log.on_event(event)  # type: ignore[arg-type]
 
 
+# A 409 says the same key is still being processed (a worker's call while the API's is in flight): the job
+# tries again later. It is not an in-call retry nor a circuit failure (CONTRACT sections 4-6).
+PAYMENT_RETRYABLE_LATER = frozenset({409})
+
+
+def _captured_payment_id(response: HttpResponse, order_id: str) -> str | None:
+    """The payment id of a 2xx answer that shows a capture of `order_id`, else None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("id") is None:
+        return None
+    if body.get("status", "captured") != "captured" or body.get("order_id", order_id) != order_id:
+        return None
+    return str(body["id"])
+
+
 def _ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
@@ -141,9 +159,9 @@ class PaymentClient:
                 attempts.append(AttemptRecord(source, started_at, _ms(started), "connection_error", None,
                                               str(exc)[:500]))
                 raise
-            outcome = "captured" if response.status == 201 else "declined" if response.status == 402 else \
-                "error"
-            error = None if response.status in (201, 402) else response.body[:300].decode("utf-8", "replace")
+            success = 200 <= response.status < 300
+            outcome = "captured" if success else "declined" if response.status == 402 else "error"
+            error = None if success or response.status == 402 else response.body[:300].decode("utf-8", "replace")
             attempts.append(AttemptRecord(source, started_at, _ms(started), outcome, response.status, error))
             return response
 
@@ -156,17 +174,18 @@ class PaymentClient:
         except (ResilienceTimeoutError, HttpTransportError) as exc:
             return CaptureResult("failed", attempts=tuple(attempts), error=_error_text(exc))
         status = response.status
-        if status == 201:
-            try:
-                payment_id = str(response.json()["id"])
-            except (ValueError, KeyError, TypeError):
-                return CaptureResult("failed", attempts=tuple(attempts), error="capture answer without an id",
-                                     http_status=status)
+        if 200 <= status < 300:
+            payment_id = _captured_payment_id(response, order_id)
+            if payment_id is None:
+                # A success that does not show a capture of this order: not a "no". The job tries again under
+                # the same key, and the ledger decides before anything is given up.
+                return CaptureResult("failed", attempts=tuple(attempts), http_status=status,
+                                     error=f"HTTP {status} without a capture of the order")
             return CaptureResult("captured", payment_id=payment_id, attempts=tuple(attempts), http_status=status)
         if status == 402:
             return CaptureResult("declined", attempts=tuple(attempts), http_status=status, error="declined")
         error = f"HTTP {status}: {response.body[:200].decode('utf-8', 'replace')}"
-        if is_retryable_status(status):
+        if is_retryable_status(status) or status in PAYMENT_RETRYABLE_LATER:
             return CaptureResult("failed", attempts=tuple(attempts), http_status=status, error=error,
                                  retry_after=response.retry_after())
         return CaptureResult("rejected", attempts=tuple(attempts), http_status=status, error=error)
@@ -185,7 +204,8 @@ class PaymentClient:
             return None
         if not isinstance(items, list):
             return None
-        return [item for item in items if isinstance(item, dict) and item.get("order_id") == order_id]
+        return [item for item in items if isinstance(item, dict) and item.get("order_id") == order_id
+                and item.get("status", "captured") == "captured"]
 
 
 class InventoryClient:

@@ -163,6 +163,8 @@ class ClaimedJob:
     customer_id: int = 0
     total: Decimal = Decimal("0")
     currency: str = "USD"
+    # A replayed job: the ledger is asked before the capture (see `restart_payment_job`).
+    ledger_first: bool = False
 
 
 _CLAIM_WHERE = and_(
@@ -178,10 +180,13 @@ _CLAIM_PAYMENT_JOB_WITH_ORDER = (
     update(payment_jobs)
     .where(and_(_CLAIM_WHERE, orders.c.id == payment_jobs.c.order_id))
     .values(_CLAIM_VALUES)
-    .returning(payment_jobs.c.retries, *_ORDER_FOR_PAYMENT)
+    .returning(payment_jobs.c.retries, payment_jobs.c.ledger_first, *_ORDER_FOR_PAYMENT)
 )
 # SQLite's RETURNING may not name the tables of UPDATE ... FROM: the claim, then the order.
-_CLAIM_PAYMENT_JOB = update(payment_jobs).where(_CLAIM_WHERE).values(_CLAIM_VALUES).returning(payment_jobs.c.retries)
+_CLAIM_PAYMENT_JOB = (
+    update(payment_jobs).where(_CLAIM_WHERE).values(_CLAIM_VALUES)
+    .returning(payment_jobs.c.retries, payment_jobs.c.ledger_first)
+)
 _ORDER_OF_JOB = select(*_ORDER_FOR_PAYMENT).where(orders.c.id == bindparam("job_order_id"))
 
 
@@ -196,25 +201,27 @@ def claim_payment_job(
         row = conn.execute(_CLAIM_PAYMENT_JOB_WITH_ORDER, params).first()
         if row is None:
             return None
-        retries, order = row.retries, row
+        claimed, order = row, row
     else:
-        retries = conn.execute(_CLAIM_PAYMENT_JOB, params).scalar()
-        if retries is None:
+        job_row = conn.execute(_CLAIM_PAYMENT_JOB, params).first()
+        if job_row is None:
             return None
-        order = conn.execute(_ORDER_OF_JOB, {"job_order_id": order_id}).one()
-    return ClaimedJob(order_id, int(retries), token, order_status=order.status, customer_id=int(order.customer_id),
-                      total=Decimal(str(order.total)), currency=order.currency)
+        claimed, order = job_row, conn.execute(_ORDER_OF_JOB, {"job_order_id": order_id}).one()
+    return ClaimedJob(order_id, int(claimed.retries), token, order_status=order.status,
+                      customer_id=int(order.customer_id), total=Decimal(str(order.total)), currency=order.currency,
+                      ledger_first=bool(claimed.ledger_first))
 
 
 def reschedule_payment_job(
-    conn: Connection, job: ClaimedJob, *, due_at: datetime, retries: int, now: datetime
+    conn: Connection, job: ClaimedJob, *, due_at: datetime, retries: int, now: datetime, ledger_first: bool = False
 ) -> bool:
-    """running -> pending, due at `due_at` (a retry sets `retries` one higher; a deferral keeps it)."""
+    """running -> pending, due at `due_at` (a retry sets `retries` one higher; a deferral keeps it).
+    `ledger_first`: the next run asks the ledger before it captures (this run could not)."""
     return conn.execute(
         update(payment_jobs)
         .where(and_(payment_jobs.c.order_id == job.order_id, payment_jobs.c.claim_token == job.claim_token))
         .values(state="pending", retries=retries, next_attempt_at=due_at, lease_until=None, claim_token=None,
-                published_at=None, updated_at=now)
+                published_at=None, ledger_first=ledger_first, updated_at=now)
     ).rowcount == 1
 
 
@@ -350,12 +357,14 @@ def _settle_statement(attempts: int, *, notify: bool) -> TextClause:
 
 
 def restart_payment_job(conn: Connection, order_id: str, *, now: datetime) -> bool:
-    """A replayed job: pending, a fresh retry count, due now."""
+    """A replayed job: pending, a fresh retry count, due now, and the ledger asked before it captures again
+    (the payment service may have forgotten the order's key since the first run: a capture there must be
+    found, not repeated)."""
     return conn.execute(
         update(payment_jobs)
         .where(payment_jobs.c.order_id == order_id)
         .values(state="pending", retries=0, next_attempt_at=now, lease_until=None, claim_token=None,
-                published_at=None, updated_at=now)
+                published_at=None, ledger_first=True, updated_at=now)
     ).rowcount == 1
 
 

@@ -163,6 +163,10 @@ def _order_from_row(row: Any, lines: Sequence[Any]) -> Order:
     )
 
 
+def order_exists(conn: Connection, order_id: str) -> bool:
+    return conn.execute(select(orders.c.id).where(orders.c.id == order_id)).first() is not None
+
+
 def get_order(conn: Connection, order_id: str) -> Order | None:
     row = conn.execute(select(orders).where(orders.c.id == order_id)).first()
     if row is None:
@@ -355,27 +359,38 @@ class StoredResponse:
 
 @dataclass(frozen=True)
 class KeyClaim:
-    """What claiming an Idempotency-Key found: a fresh claim, a finished response, or someone else's work."""
+    """What claiming an Idempotency-Key found.
 
-    outcome: str  # "claimed" | "replay" | "in_use" | "mismatch"
+    `claimed`: this request holds the key (`token`); `replay`: a finished response (`response`); `bound`: an
+    order is bound to the key but no response was stored and nobody holds it any more (`order_id`);
+    `in_use`: another request holds it; `mismatch`: it was first used with another body."""
+
+    outcome: str  # "claimed" | "replay" | "bound" | "in_use" | "mismatch"
     response: StoredResponse | None = None
+    token: str | None = None
+    order_id: str | None = None
 
 
 def claim_idempotency_key(
-    conn: Connection, key: str, fingerprint: str, *, now: datetime, lock_for: timedelta, keep_for: timedelta
+    conn: Connection, key: str, fingerprint: str, *, now: datetime, lock_for: timedelta, keep_for: timedelta,
+    token: str,
 ) -> KeyClaim:
-    row = conn.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).first()
+    """Every write here is conditional, so of two requests racing for one key exactly one holds it, on
+    SQLite and on PostgreSQL alike (a lost race shows as no row changed, or as an IntegrityError on the
+    insert, which the caller answers by claiming again)."""
+    keys = idempotency_keys.c
+    row = conn.execute(select(idempotency_keys).where(keys.key == key)).first()
     if row is not None and _utc(row.expires_at) <= now:
-        conn.execute(idempotency_keys.delete().where(idempotency_keys.c.key == key))
+        conn.execute(idempotency_keys.delete().where(and_(keys.key == key, keys.expires_at <= now)))
         row = None
     if row is None:
         conn.execute(
             insert(idempotency_keys).values(
                 key=key, fingerprint=fingerprint, state="running", locked_until=now + lock_for,
-                created_at=now, expires_at=now + keep_for,
+                created_at=now, expires_at=now + keep_for, claim_token=token,
             )
         )
-        return KeyClaim("claimed")
+        return KeyClaim("claimed", token=token)
     if row.fingerprint != fingerprint:
         return KeyClaim("mismatch")
     if row.state == "done":
@@ -384,19 +399,35 @@ def claim_idempotency_key(
         )
     if _utc(row.locked_until) > now:
         return KeyClaim("in_use")
-    # The first request's claim lapsed (its process died or overran): this request takes over.
-    conn.execute(
+    if row.order_id is not None:
+        # The first request stored its order and then died, timed out or failed: its order is the answer.
+        return KeyClaim("bound", order_id=row.order_id)
+    # The first request's claim lapsed before it stored an order: this request takes over, if no other
+    # request took it over first (the UPDATE is conditional on what made the takeover allowed).
+    taken = conn.execute(
         update(idempotency_keys)
-        .where(idempotency_keys.c.key == key)
-        .values(locked_until=now + lock_for)
-    )
-    return KeyClaim("claimed")
+        .where(and_(keys.key == key, keys.state == "running", keys.order_id.is_(None), keys.locked_until <= now))
+        .values(locked_until=now + lock_for, claim_token=token)
+    ).rowcount
+    return KeyClaim("claimed", token=token) if taken == 1 else KeyClaim("in_use")
 
 
-def complete_idempotency_key(conn: Connection, key: str, response: StoredResponse) -> None:
+def bind_idempotency_key(conn: Connection, key: str, token: str, order_id: str) -> bool:
+    """Bind the order to the key, in the transaction that stores the order. False when this request no longer
+    holds the key (its claim lapsed and another request took it over): the caller must not store the order."""
+    keys = idempotency_keys.c
+    return conn.execute(
+        update(idempotency_keys)
+        .where(and_(keys.key == key, keys.claim_token == token, keys.order_id.is_(None)))
+        .values(order_id=order_id)
+    ).rowcount == 1
+
+
+def complete_idempotency_key(conn: Connection, key: str, token: str, response: StoredResponse) -> None:
+    keys = idempotency_keys.c
     conn.execute(
         update(idempotency_keys)
-        .where(idempotency_keys.c.key == key)
+        .where(and_(keys.key == key, keys.claim_token == token, keys.state == "running"))
         .values(
             state="done",
             response_status=response.status,
@@ -406,10 +437,13 @@ def complete_idempotency_key(conn: Connection, key: str, response: StoredRespons
     )
 
 
-def release_idempotency_key(conn: Connection, key: str) -> None:
-    conn.execute(
-        idempotency_keys.delete().where(and_(idempotency_keys.c.key == key, idempotency_keys.c.state == "running"))
-    )
+def release_idempotency_key(conn: Connection, key: str, token: str, *, now: datetime) -> None:
+    """This request ends without a response to keep. A key with no order is freed for the client's retry; a
+    key bound to an order keeps it, and its claim lapses now so the retry is answered with that order."""
+    keys = idempotency_keys.c
+    mine = and_(keys.key == key, keys.claim_token == token, keys.state == "running")
+    conn.execute(idempotency_keys.delete().where(and_(mine, keys.order_id.is_(None))))
+    conn.execute(update(idempotency_keys).where(and_(mine, keys.order_id.is_not(None))).values(locked_until=now))
 
 
 def purge_expired_keys(conn: Connection, *, now: datetime) -> int:

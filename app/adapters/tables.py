@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -93,6 +94,8 @@ payment_jobs = Table(
     Column("lease_until", UtcDateTime),
     Column("published_at", UtcDateTime),
     Column("claim_token", String(40)),
+    # A replayed job asks the payment ledger before it captures again (the service may have forgotten the key).
+    Column("ledger_first", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Index("ix_payment_jobs_state_next", "state", "next_attempt_at"),
@@ -149,4 +152,8 @@ idempotency_keys = Table(
     Column("response_headers", Text),
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False, index=True),
+    # The order placed under this key, bound in the transaction that stores it: a key names one order at most.
+    Column("order_id", String(40)),
+    # The request holding the claim: only it binds, completes or releases the key.
+    Column("claim_token", String(40)),
 )

@@ -6,6 +6,7 @@ import json
 import time
 
 from flask import Blueprint, Response, current_app, request
+from sqlalchemy import Engine
 
 from app.adapters import repository as repo
 from app.adapters.db import read
@@ -21,8 +22,8 @@ from app.api.validation import (
 from app.domain import Order, OrderStatus, OutOfStock, PaymentDeclined, UnknownProduct
 from app.metrics import ORDERS_CREATED
 from app.services import ordering
-from app.services.idempotency import KeyInUse, KeyReused, Replayed
-from app.services.ordering import PlaceOrder
+from app.services.idempotency import KeyBinding, KeyInUse, KeyReused, Replayed
+from app.services.ordering import OrderMayBeStored, PlaceOrder
 
 bp = Blueprint("orders", __name__)
 
@@ -47,13 +48,14 @@ def place_order() -> Response:
     services = _services()
     command = PlaceOrder(order_request.customer_id, order_request.lines, order_request.currency)
 
-    def produce() -> StoredResponse:
-        return _placement_response(services.placement, command, started)
+    def produce(binding: KeyBinding | None = None) -> StoredResponse:
+        return _placement_response(services.placement, command, started, binding)
 
     if key is None:
         return _stored_to_response(produce())
     try:
-        outcome = services.idempotency.run(key, canonical_fingerprint(document), produce)
+        outcome = services.idempotency.run(key, canonical_fingerprint(document), produce,
+                                           lambda order_id: _current_order(services.engine, order_id))
     except KeyReused:
         raise Problem(
             409, "Idempotency key reused", "This Idempotency-Key was used with a different request body.",
@@ -71,6 +73,32 @@ def place_order() -> Response:
     return _stored_to_response(outcome)
 
 
+def _current_order(engine: Engine, order_id: str) -> StoredResponse:
+    """The answer for a key whose first request stored its order but no response: the order as it is now."""
+    order = ordering.get_order(engine, order_id)
+    if order is None:  # bound in the order's own transaction, so this cannot be; never answer "nothing changed"
+        raise _may_be_stored(order_id)
+    return _created(order)
+
+
+def _created(order: Order) -> StoredResponse:
+    return StoredResponse(
+        201,
+        json.dumps(order.to_dict()),
+        {"Content-Type": "application/json", "Location": f"/api/orders/{order.id}"},
+    )
+
+
+def _may_be_stored(order_id: str) -> Problem:
+    return Problem(
+        503, "Order outcome unknown",
+        f"The database failed while storing order {order_id}; it may have been stored. Look it up at the "
+        "Location given, or send the request again with the same Idempotency-Key.",
+        slug="order-outcome-unknown", order_id=order_id,
+        headers={"Retry-After": "2", "Location": f"/api/orders/{order_id}"},
+    )
+
+
 def _stored_to_response(stored: StoredResponse) -> Response:
     content_type = stored.headers.get("Content-Type", "application/json")
     response = Response(stored.body, status=stored.status, content_type=content_type)
@@ -80,10 +108,14 @@ def _stored_to_response(stored: StoredResponse) -> Response:
     return response
 
 
-def _placement_response(placement: ordering.OrderPlacement, command: PlaceOrder, started: float) -> StoredResponse:
+def _placement_response(
+    placement: ordering.OrderPlacement, command: PlaceOrder, started: float, binding: KeyBinding | None
+) -> StoredResponse:
     """Runs the placement and renders the outcome the way it is stored for replays."""
     try:
-        order = placement.place(command, started=started)
+        order = placement.place(command, started=started, binding=binding)
+    except OrderMayBeStored as exc:
+        raise _may_be_stored(exc.order_id) from exc
     except UnknownProduct as exc:
         return _stored_problem(Problem(422, "Unknown product", str(exc), slug="unknown-product",
                                        product_ids=exc.product_ids))
@@ -99,11 +131,7 @@ def _placement_response(placement: ordering.OrderPlacement, command: PlaceOrder,
                     headers={"Location": f"/api/orders/{exc.order.id}"})
         )
     ORDERS_CREATED.labels(str(order.status)).inc()
-    return StoredResponse(
-        201,
-        json.dumps(order.to_dict()),
-        {"Content-Type": "application/json", "Location": f"/api/orders/{order.id}"},
-    )
+    return _created(order)
 
 
 def _stored_problem(problem: Problem) -> StoredResponse:

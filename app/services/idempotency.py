@@ -1,7 +1,16 @@
-"""Idempotency-Key handling with Stripe's semantics: one key, one outcome, replayed verbatim."""
+"""Idempotency-Key handling: one key, one intent, one order at most.
+
+A key is claimed before the work starts, bound to its order in the transaction that stores the order, and
+completed with the response to replay. A repeat of the key while the first request runs is refused (in use);
+after it, the repeat gets the stored response, or, when the first request stored an order but no response
+(it crashed, timed out or failed after the commit), that order as it is now. A lapsed claim with no order
+bound to it is taken over by exactly one request.
+"""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,6 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from app.adapters import repository as repo
 from app.adapters.db import write
 from app.adapters.repository import StoredResponse
+
+log = logging.getLogger("orderflow.idempotency")
 
 # 201, 402 and 422 are outcomes of the order itself; 400, 413, 415 and 503 say "send it again".
 STORED_STATUSES = frozenset({201, 402, 422})
@@ -26,6 +37,18 @@ class KeyReused(Exception):
     """This key was first used with another request body."""
 
 
+class KeyLost(Exception):
+    """This request's claim lapsed and another request took the key over before the order was stored."""
+
+
+@dataclass(frozen=True)
+class KeyBinding:
+    """The claim a request holds; the placement binds its order to it in the order's own transaction."""
+
+    key: str
+    token: str
+
+
 @dataclass(frozen=True)
 class Replayed:
     response: StoredResponse
@@ -37,7 +60,14 @@ class IdempotencyStore:
     lock_for: timedelta
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
-    def run(self, key: str, fingerprint: str, produce: Callable[[], StoredResponse]) -> StoredResponse | Replayed:
+    def run(
+        self,
+        key: str,
+        fingerprint: str,
+        produce: Callable[[KeyBinding], StoredResponse],
+        current: Callable[[str], StoredResponse],
+    ) -> StoredResponse | Replayed:
+        """`produce` does the work under the claim; `current(order_id)` answers with a bound order as it is now."""
         claim = self._claim(key, fingerprint)
         if claim.outcome == "mismatch":
             raise KeyReused()
@@ -46,33 +76,51 @@ class IdempotencyStore:
         if claim.outcome == "replay":
             assert claim.response is not None
             return Replayed(claim.response)
+        if claim.outcome == "bound":
+            assert claim.order_id is not None
+            return Replayed(current(claim.order_id))
+        assert claim.token is not None
+        binding = KeyBinding(key, claim.token)
         try:
-            response = produce()
+            response = produce(binding)
+        except KeyLost:
+            raise KeyInUse() from None
         except BaseException:
-            self._release(key)
+            self._release(binding)
             raise
         if response.status in STORED_STATUSES:
-            with write(self.engine) as conn:
-                repo.complete_idempotency_key(conn, key, response)
+            self._complete(binding, response)
         else:
-            self._release(key)
+            self._release(binding)
         return response
 
     def _claim(self, key: str, fingerprint: str) -> repo.KeyClaim:
+        token = uuid.uuid4().hex
         for _ in range(3):
             try:
                 with write(self.engine) as conn:
                     return repo.claim_idempotency_key(
-                        conn, key, fingerprint, now=self.now(), lock_for=self.lock_for, keep_for=KEEP_FOR
+                        conn, key, fingerprint, now=self.now(), lock_for=self.lock_for, keep_for=KEEP_FOR,
+                        token=token,
                     )
             except IntegrityError:
                 # Two first requests raced to insert the key; the loser reads the winner's claim.
                 continue
         return repo.KeyClaim("in_use")
 
-    def _release(self, key: str) -> None:
+    def _complete(self, binding: KeyBinding, response: StoredResponse) -> None:
+        # The response stands whether or not it could be stored: a repeat of the key is then answered with the
+        # bound order as it is now (or, for a 422, placed again, which stores nothing either).
         try:
             with write(self.engine) as conn:
-                repo.release_idempotency_key(conn, key)
-        except Exception:  # the claim lapses by itself after the request deadline
+                repo.complete_idempotency_key(conn, binding.key, binding.token, response)
+        except Exception:  # noqa: BLE001 - the claim lapses by itself; the order, if any, stays bound
+            log.warning("idempotent response not stored", exc_info=True,
+                        extra={"event": "idempotency_store_failed"})
+
+    def _release(self, binding: KeyBinding) -> None:
+        try:
+            with write(self.engine) as conn:
+                repo.release_idempotency_key(conn, binding.key, binding.token, now=self.now())
+        except Exception:  # noqa: BLE001 - the claim lapses by itself after the request deadline
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -9,9 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.adapters import repository as repo
-from app.adapters.db import read, write
+from app.adapters.db import CommitOutcomeUnknown, read, write, write_reporting_commit
 from app.domain import (
     PENDING_MESSAGE,
     FailureReason,
@@ -27,7 +29,12 @@ from app.domain import (
     money,
     worst_source,
 )
+from app.services.idempotency import KeyBinding, KeyLost
 from app.services.ports import CaptureResult, FlagReader, InventoryChecker, JobPublisher, PaymentGateway
+
+log = logging.getLogger("orderflow.ordering")
+# What a lost or stalled database raises through SQLAlchemy.
+DATABASE_ERRORS = (SQLAlchemyError,)
 
 REAL_TIME_PAYMENTS = "RealTimePayments"
 NOTIFICATIONS = "Notifications"
@@ -57,6 +64,14 @@ class PlaceOrder:
     customer_id: int
     lines: tuple[tuple[int, int], ...]
     currency: str = "USD"
+
+
+class OrderMayBeStored(Exception):
+    """The database failed while committing the order: it may have been stored, and no one can tell yet."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} may have been stored")
+        self.order_id = order_id
 
 
 class CatalogCache:
@@ -130,7 +145,9 @@ class OrderPlacement:
             bound = min(bound, self.payment_total_timeout)
         return started + bound - min(self.payment_reserve, bound * self.payment_reserve_share)
 
-    def place(self, command: PlaceOrder, *, started: float | None = None) -> Order:
+    def place(
+        self, command: PlaceOrder, *, started: float | None = None, binding: KeyBinding | None = None
+    ) -> Order:
         started = self.monotonic() if started is None else started
         deadline = started + self.request_deadline
         payment_deadline = self.payment_deadline(started)
@@ -185,15 +202,44 @@ class OrderPlacement:
             job_due = max(now, datetime.fromtimestamp(break_until, UTC))
         else:
             job_due = now
-        with write(self.engine) as conn:
-            repo.insert_order(conn, order, job_due_at=job_due)
+        self._store(order, job_due, binding)
         self.on_order_created(order)
-
-        if not real_time:
-            if break_until is None:
-                self.publisher.payment_due(order.id)
+        # From here on the order is stored: no failure may answer as if nothing was. Whatever goes wrong, the
+        # order is answered PaymentPending, and its job (already in the outbox) finishes the payment.
+        try:
+            if not real_time:
+                if break_until is None:
+                    self.publisher.payment_due(order.id)
+                return order
+            return self._pay_in_real_time(order, payment_deadline)
+        except PaymentDeclined:
+            raise
+        except Exception:
+            log.exception("order stored, its placement failed after; the job finishes the payment",
+                          extra={"event": "placement_failed_after_store", "order_id": order.id})
             return order
-        return self._pay_in_real_time(order, payment_deadline)
+
+    def _store(self, order: Order, job_due: datetime, binding: KeyBinding | None) -> None:
+        """The order, its payment job and (with a key) the key's binding, in one transaction.
+
+        A failure before the COMMIT stored nothing and is raised as it is (the request may say so). A failed
+        COMMIT may have stored the order: it is read back; found, the placement goes on; not found, nothing
+        was stored; unreadable, OrderMayBeStored names the order for the client to look up."""
+        try:
+            with write_reporting_commit(self.engine) as conn:
+                if binding is not None and not repo.bind_idempotency_key(conn, binding.key, binding.token, order.id):
+                    raise KeyLost()
+                repo.insert_order(conn, order, job_due_at=job_due)
+        except CommitOutcomeUnknown as unknown:
+            try:
+                with read(self.engine) as conn:
+                    stored = repo.order_exists(conn, order.id)
+            except Exception:
+                raise OrderMayBeStored(order.id) from unknown
+            if not stored:
+                raise unknown.__cause__ or unknown from None
+            log.warning("the order's COMMIT failed but the order was stored",
+                        extra={"event": "commit_outcome_found", "order_id": order.id})
 
     def _payment_fits(self, payment_deadline: float) -> bool:
         return payment_deadline - self.monotonic() >= MIN_PAYMENT_WINDOW
@@ -211,6 +257,17 @@ class OrderPlacement:
         else:  # the INSERT ate the time left: no call, the job is due now, as after a timeout
             result = CaptureResult("not_attempted", error="no time left for a real-time payment")
         now = self.now()
+        try:
+            return self._record_payment(order, result, now)
+        except DATABASE_ERRORS:
+            # The call's outcome could not be written: the order stays PaymentPending with its job due at the
+            # request deadline, and the job settles it (a capture made here is found again under the same key).
+            log.warning("real-time payment outcome not recorded; the job settles the order", exc_info=True,
+                        extra={"event": "payment_outcome_unrecorded", "order_id": order.id,
+                               "outcome": result.outcome})
+            return order
+
+    def _record_payment(self, order: Order, result: CaptureResult, now: datetime) -> Order:
         with write(self.engine) as conn:
             repo.record_attempts(conn, order.id, result.attempts, now=now)
             if result.outcome == "captured":

@@ -102,10 +102,19 @@ def _run(order_id: str, runner: PaymentJobRunner) -> str:
         return _done(order_id, "skipped", "order already settled")
 
     if job.retries > runner.config.max_retries:
-        # Only lost runs (expired leases) push a job past its retries: its worker died on every one of them.
-        # It makes no further call: the ledger decides, then the dead letter.
-        lost = CaptureResult("failed", error=f"the job's worker was lost (lease expired) on {job.retries} runs")
-        return _exhausted(runner, job, lost)
+        # Past its retries without a run that could end it: its worker died on every run (expired leases), or
+        # the ledger could not be asked when the retries ran out. No further call: the ledger decides.
+        return _give_up(runner, job, CaptureResult("failed", error=_past_retries(job)),
+                        FailureReason.RETRIES_EXHAUSTED, "dead_lettered")
+
+    if job.ledger_first:
+        # A replayed job: the payment service may have forgotten the order's key since the first run, so a
+        # capture it already holds must be found in its ledger, not made again.
+        captures = _ledger(runner, job.order_id)
+        if captures is None:
+            return _ledger_unreachable(runner, job, CaptureResult("failed", error="replayed job"), give_up=False)
+        if captures:
+            return _settle(runner, job, None, OrderStatus.CONFIRMED, "succeeded", payment_id=_payment_id(captures))
 
     # No separate look at the circuit first: the call's own admission (one round trip to the shared state)
     # refuses it while the circuit is open or isolated, and a refused call is deferred below.
@@ -131,10 +140,10 @@ def _run(order_id: str, runner: PaymentJobRunner) -> str:
         return _settle(runner, job, result, OrderStatus.PAYMENT_FAILED, "declined",
                        failure_reason=FailureReason.DECLINED)
     if result.outcome == "rejected":
-        return _dead_letter(runner, job, result, FailureReason.REJECTED, "rejected")
+        return _give_up(runner, job, result, FailureReason.REJECTED, "rejected")
     if job.retries < runner.config.max_retries:
         return _retry(runner, job, result)
-    return _exhausted(runner, job, result)
+    return _give_up(runner, job, result, FailureReason.RETRIES_EXHAUSTED, "dead_lettered")
 
 
 # Outcomes every job of a healthy backlog ends with: counted by `payment_jobs_total`, logged only at DEBUG
@@ -208,16 +217,50 @@ def _settle(
     return _done(job.order_id, outcome, "order moved" if moved else "order was moved by someone else")
 
 
-def _exhausted(runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult) -> str:
-    # An attempt that timed out may still have captured: the ledger decides before anything is given up.
-    captures = runner.gateway.lookup_captures(job.order_id, deadline=runner.monotonic() + runner.config.attempt_timeout)
-    if captures:
-        payment_id = str(captures[0].get("id")) if captures[0].get("id") is not None else None
-        return _settle(runner, job, result, OrderStatus.CONFIRMED, "succeeded", payment_id=payment_id)
-    error = _error(result)
+def _give_up(
+    runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult, reason: FailureReason, outcome: str
+) -> str:
+    """Every give-up is the ledger's to decide: an attempt that timed out or was answered with an error may
+    still have captured. A capture found confirms the order; none, the dead letter; a ledger that cannot be
+    asked is not a "no": the job runs again later."""
+    captures = _ledger(runner, job.order_id)
     if captures is None:
-        error += " (the payment ledger could not be checked)"
-    return _dead_letter(runner, job, result, FailureReason.RETRIES_EXHAUSTED, "dead_lettered", last_error=error)
+        return _ledger_unreachable(runner, job, result, give_up=reason is FailureReason.RETRIES_EXHAUSTED)
+    if captures:
+        return _settle(runner, job, result, OrderStatus.CONFIRMED, "succeeded", payment_id=_payment_id(captures))
+    return _dead_letter(runner, job, result, reason, outcome)
+
+
+def _ledger(runner: PaymentJobRunner, order_id: str) -> list[dict[str, object]] | None:
+    try:
+        return runner.gateway.lookup_captures(order_id, deadline=runner.monotonic() + runner.config.attempt_timeout)
+    except Exception:  # the gateway promises not to raise; a bug there is an unreachable ledger, not a "no"
+        log.exception("payment ledger lookup raised", extra={"event": "ledger_error", "order_id": order_id})
+        return None
+
+
+def _payment_id(captures: list[dict[str, object]]) -> str | None:
+    found = captures[0].get("id")
+    return str(found) if found is not None else None
+
+
+def _ledger_unreachable(runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult, *,
+                        give_up: bool) -> str:
+    """Run the job again after a backoff. `give_up`: its retries are spent, so the next run makes no call and
+    only asks the ledger again; otherwise it asks before it captures."""
+    delay = runner.retry_delay(min(job.retries, runner.config.max_retries))
+    retries = max(job.retries, runner.config.max_retries) + 1 if give_up else job.retries + 1
+    now = runner.now()
+    with write(runner.engine) as conn:
+        repo.record_attempts(conn, job.order_id, result.attempts, now=now)
+        jobs.reschedule_payment_job(conn, job, due_at=now + timedelta(seconds=delay), retries=retries, now=now,
+                                    ledger_first=not give_up)
+    return _done(job.order_id, "retried",
+                 f"payment ledger unreachable, asked again in {delay:.3f}s: {_error(result)}")
+
+
+def _past_retries(job: jobs.ClaimedJob) -> str:
+    return f"no retry left after {job.retries} runs (worker lost or payment ledger unreachable)"
 
 
 def _dead_letter(

@@ -186,7 +186,7 @@ def test_a_running_key_is_409_in_use(stack: Stack) -> None:
     with write(services.engine) as conn:
         repo.claim_idempotency_key(conn, "busy-1", canonical_fingerprint(ORDER),
                                    now=services.idempotency.now(), lock_for=timedelta(seconds=30),
-                                   keep_for=timedelta(hours=1))
+                                   keep_for=timedelta(hours=1), token="another-request")
     response = post(stack, ORDER, **{"Idempotency-Key": "busy-1"})
     assert response.status_code == 409
     assert response.get_json()["type"].endswith("/idempotency-key-in-use")

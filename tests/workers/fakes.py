@@ -15,7 +15,7 @@ from app.adapters.repository import AttemptRecord
 from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
 from app.services.ports import CaptureResult
 
-STATUS_FOR = {"captured": 201, "declined": 402, "rejected": 400, "failed": 503}
+STATUS_FOR = {"captured": 201, "declined": 402, "rejected": 400, "failed": 503, "conflict": 409}
 
 
 @dataclass
@@ -47,6 +47,8 @@ class FakeJobGateway:
                                 else f"HTTP {status}")
         if outcome == "not_attempted":
             return CaptureResult("not_attempted", error="circuit open")
+        if outcome == "conflict":  # as PaymentClient reports a 409: retryable later, the job's own retry
+            return CaptureResult("failed", None, (attempt,), http_status=status)
         return CaptureResult(outcome, f"pay_{order_id[:8]}" if outcome == "captured" else None, (attempt,),
                              http_status=status, retry_after=self.retry_after if outcome == "failed" else None)
 

@@ -81,6 +81,34 @@ def test_replay_after_recovery_confirms_the_order(engine: Engine) -> None:
     assert stored.payment.attempts == (1 + CONFIG.max_retries) + 1  # never reset by a replay
 
 
+def test_a_replay_asks_the_ledger_before_it_captures_again(engine: Engine) -> None:
+    """The payment service may have forgotten the order's key by the time of a replay: a capture made by the
+    first run (the ledger has it) confirms the order instead of a second charge."""
+    clock = Clock()
+    order_id, letter_id = dead_letter_an_order(engine, clock)
+    dead_letters.replay_dead_letter(engine, letter_id, now=clock)
+    gateway = FakeJobGateway(["captured"], ledger=[{"id": "pay_first_run", "order_id": order_id}])
+    runner = PaymentJobRunner(engine=engine, gateway=gateway, config=CONFIG, now=clock)
+    assert process_payment_job(order_id, runner=runner) == "succeeded"
+    assert gateway.calls == [] and gateway.lookups == [order_id]
+    stored = order(engine, order_id)
+    assert (stored.status, stored.payment.payment_id) == (OrderStatus.CONFIRMED, "pay_first_run")
+
+
+def test_a_replay_with_the_ledger_unreachable_captures_nothing_until_it_answers(engine: Engine) -> None:
+    clock = Clock()
+    order_id, letter_id = dead_letter_an_order(engine, clock)
+    dead_letters.replay_dead_letter(engine, letter_id, now=clock)
+    gateway = FakeJobGateway(["captured"], ledger=None)
+    runner = PaymentJobRunner(engine=engine, gateway=gateway, config=CONFIG, now=clock, rng=lambda: 0.0)
+    assert process_payment_job(order_id, runner=runner) == "retried"
+    assert gateway.calls == []
+    gateway.ledger = []  # reachable again, and no capture: now the replay captures
+    assert process_payment_job(order_id, runner=runner) == "succeeded"
+    assert gateway.calls == [order_id] and gateway.lookups == [order_id, order_id]
+    assert order(engine, order_id).status is OrderStatus.CONFIRMED
+
+
 def test_unknown_dead_letter_cannot_be_replayed(engine: Engine) -> None:
     with pytest.raises(dead_letters.DeadLetterNotFound):
         dead_letters.replay_dead_letter(engine, 987654)

@@ -74,12 +74,12 @@ def test_declined_payment_fails_the_order_without_a_dead_letter(engine: Engine) 
         assert [d for d in jobs.list_dead_letters(conn) if d.order_id == order_id] == []
 
 
-def test_rejected_payment_is_dead_lettered_at_once(engine: Engine) -> None:
+def test_rejected_payment_is_dead_lettered_after_the_ledger_shows_no_capture(engine: Engine) -> None:
     clock, gateway, announcer = Clock(), FakeJobGateway(["rejected"]), Announcer()
     order_id = place_order(engine, now=clock())
     outcome = process_payment_job(order_id, runner=make_runner(engine, gateway, clock, announcer=announcer))
     assert outcome == "rejected"
-    assert gateway.lookups == []
+    assert gateway.calls == [order_id] and gateway.lookups == [order_id]
     stored = order(engine, order_id)
     assert (stored.status, stored.payment.failure_reason) == (OrderStatus.PAYMENT_FAILED, FailureReason.REJECTED)
     assert job(engine, order_id).state == "dead"
@@ -335,7 +335,7 @@ def test_a_job_that_keeps_killing_its_worker_is_dead_lettered_without_another_ca
         OrderStatus.PAYMENT_FAILED, FailureReason.RETRIES_EXHAUSTED)
     with read(engine) as conn:
         [letter] = [d for d in jobs.list_dead_letters(conn) if d.order_id == order_id]
-    assert "lease expired" in (letter.last_error or "")
+    assert "worker lost" in (letter.last_error or "")
 
 
 def test_a_job_whose_lost_run_captured_is_confirmed_from_the_ledger(engine: Engine) -> None:
@@ -347,3 +347,56 @@ def test_a_job_whose_lost_run_captured_is_confirmed_from_the_ledger(engine: Engi
     assert gateway.calls == []
     stored = order(engine, order_id)
     assert (stored.status, stored.payment.payment_id) == (OrderStatus.CONFIRMED, "pay_lost_run")
+
+
+def test_a_rejected_payment_with_a_capture_in_the_ledger_confirms_the_order(engine: Engine) -> None:
+    clock = Clock()
+    order_id = place_order(engine, now=clock())
+    gateway = FakeJobGateway(["rejected"], ledger=[{"id": "pay_earlier", "order_id": order_id}])
+    assert process_payment_job(order_id, runner=make_runner(engine, gateway, clock)) == "succeeded"
+    stored = order(engine, order_id)
+    assert (stored.status, stored.payment.payment_id) == (OrderStatus.CONFIRMED, "pay_earlier")
+    assert job(engine, order_id).state == "done"
+    with read(engine) as conn:
+        assert [d for d in jobs.list_dead_letters(conn) if d.order_id == order_id] == []
+
+
+def test_an_unreachable_ledger_is_not_a_no_the_job_runs_again_later(engine: Engine) -> None:
+    clock, announcer = Clock(), Announcer()
+    order_id = place_order(engine, now=clock())
+    gateway = FakeJobGateway(["failed"], ledger=None)
+    runner = make_runner(engine, gateway, clock, announcer=announcer)
+    for _ in range(1 + CONFIG.max_retries):
+        process_payment_job(order_id, runner=runner)
+        clock.moment = max(clock.moment, job(engine, order_id).next_attempt_at)
+    # Retries spent and the ledger unreachable: no dead letter, the job is pending for a later look.
+    state = job(engine, order_id)
+    assert state.state == "pending" and state.next_attempt_at > clock() - timedelta(seconds=1)
+    assert order(engine, order_id).status is OrderStatus.PAYMENT_PENDING
+    assert announcer.sent == []
+    calls = len(gateway.calls)
+    # The next run makes no further capture: it only asks the ledger again, which now has the capture.
+    gateway.ledger = [{"id": "pay_found_later", "order_id": order_id}]
+    clock.moment = max(clock.moment, state.next_attempt_at)
+    assert process_payment_job(order_id, runner=runner) == "succeeded"
+    assert len(gateway.calls) == calls
+    assert order(engine, order_id).payment.payment_id == "pay_found_later"
+
+
+def test_an_unreachable_ledger_after_a_rejection_keeps_the_order_pending(engine: Engine) -> None:
+    clock, announcer = Clock(), Announcer()
+    order_id = place_order(engine, now=clock())
+    gateway = FakeJobGateway(["rejected"], ledger=None)
+    assert process_payment_job(order_id, runner=make_runner(engine, gateway, clock, announcer=announcer)) == "retried"
+    assert order(engine, order_id).status is OrderStatus.PAYMENT_PENDING
+    assert job(engine, order_id).state == "pending"
+    assert announcer.sent == []
+
+
+def test_a_conflict_while_the_same_key_is_in_flight_is_retried(engine: Engine) -> None:
+    clock = Clock()
+    order_id = place_order(engine, now=clock())
+    gateway = FakeJobGateway(["conflict", "captured"])
+    runner = make_runner(engine, gateway, clock)
+    assert run_until_settled(engine, runner, clock, order_id) == ["retried", "succeeded"]
+    assert order(engine, order_id).status is OrderStatus.CONFIRMED
