@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from bench.stack import free_ports
-from tests.support import fresh_database
+from tests.support import DatabaseHandle, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,7 @@ class RunningStack:
     admin_token: str
     var: Path
     log: Path
+    database: DatabaseHandle | None = None
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
@@ -155,7 +156,7 @@ def running_stack(tmp: Path, *, extra_env: dict[str, str] | None = None, policie
             worker_metrics=f"http://127.0.0.1:{metrics}/metrics",
             simulators={k: f"http://127.0.0.1:{p}" for k, p in zip(("payment", "inventory", "notification"),
                                                                     sims, strict=True)},
-            admin_token="e2e-admin-token", var=var, log=log,
+            admin_token="e2e-admin-token", var=var, log=log, database=db,
         )
         try:
             _wait_ready(stack, ready_timeout)

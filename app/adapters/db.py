@@ -16,6 +16,9 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 DB_WAIT_SECONDS = 2.0
+DEFAULT_BUSY_MS = int(DB_WAIT_SECONDS * 1000)
+# The least a deadline-bound transaction may wait for a lock: less would fail on any ordinary contention.
+MIN_LOCK_WAIT = 0.05
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -63,14 +66,22 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(DB_WAIT_SECONDS * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout={DEFAULT_BUSY_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("readonly"):
+        options = conn.get_execution_options()
+        # A transaction may wait less for the lock than the engine's default (see `write`'s `wait`); the
+        # PRAGMA is sent only when the wait changes, so the default path pays nothing for it.
+        busy_ms = int(options.get("lock_wait", DB_WAIT_SECONDS) * 1000)
+        info = conn.connection.info
+        if info.get("busy_ms", DEFAULT_BUSY_MS) != busy_ms:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
+            info["busy_ms"] = busy_ms
+        if options.get("readonly"):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -78,11 +89,25 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def lock_wait(seconds: float) -> float:
+    """A wait for `write(..., wait=)`: what is left of a deadline, within [MIN_LOCK_WAIT, DB_WAIT_SECONDS]."""
+    return min(DB_WAIT_SECONDS, max(MIN_LOCK_WAIT, seconds))
+
+
 @contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
-    """One write transaction (BEGIN IMMEDIATE on SQLite), committed on success."""
-    with engine.begin() as conn:
-        yield conn
+def write(engine: Engine, *, wait: float | None = None) -> Iterator[Connection]:
+    """One write transaction (BEGIN IMMEDIATE on SQLite), committed on success. `wait` bounds how long it waits
+    for a lock (below the engine's DB_WAIT_SECONDS), for a transaction that must end by a deadline."""
+    if wait is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as plain:
+        conn = plain.execution_options(lock_wait=wait)
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(wait * 1000))}")
+            yield conn
 
 
 class CommitOutcomeUnknown(Exception):

@@ -10,6 +10,7 @@ bound to it is taken over by exactly one request.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from app.adapters import repository as repo
-from app.adapters.db import write
+from app.adapters.db import lock_wait, write
 from app.adapters.repository import StoredResponse
 
 log = logging.getLogger("orderflow.idempotency")
@@ -59,6 +60,7 @@ class IdempotencyStore:
     engine: Engine
     lock_for: timedelta
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    monotonic: Callable[[], float] = time.monotonic
 
     def run(
         self,
@@ -66,8 +68,11 @@ class IdempotencyStore:
         fingerprint: str,
         produce: Callable[[KeyBinding], StoredResponse],
         current: Callable[[str], StoredResponse],
+        *,
+        finish_by: float | None = None,
     ) -> StoredResponse | Replayed:
-        """`produce` does the work under the claim; `current(order_id)` answers with a bound order as it is now."""
+        """`produce` does the work under the claim; `current(order_id)` answers with a bound order as it is now.
+        `finish_by` (monotonic): storing the response waits for a stalled database no longer than that."""
         claim = self._claim(key, fingerprint)
         if claim.outcome == "mismatch":
             raise KeyReused()
@@ -86,12 +91,13 @@ class IdempotencyStore:
         except KeyLost:
             raise KeyInUse() from None
         except BaseException:
-            self._release(binding)
+            self._release(binding, None if finish_by is None else lock_wait(finish_by - self.monotonic()))
             raise
+        wait = None if finish_by is None else lock_wait(finish_by - self.monotonic())
         if response.status in STORED_STATUSES:
-            self._complete(binding, response)
+            self._complete(binding, response, wait)
         else:
-            self._release(binding)
+            self._release(binding, wait)
         return response
 
     def _claim(self, key: str, fingerprint: str) -> repo.KeyClaim:
@@ -108,19 +114,19 @@ class IdempotencyStore:
                 continue
         return repo.KeyClaim("in_use")
 
-    def _complete(self, binding: KeyBinding, response: StoredResponse) -> None:
+    def _complete(self, binding: KeyBinding, response: StoredResponse, wait: float | None) -> None:
         # The response stands whether or not it could be stored: a repeat of the key is then answered with the
         # bound order as it is now (or, for a 422, placed again, which stores nothing either).
         try:
-            with write(self.engine) as conn:
+            with write(self.engine, wait=wait) as conn:
                 repo.complete_idempotency_key(conn, binding.key, binding.token, response)
         except Exception:  # noqa: BLE001 - the claim lapses by itself; the order, if any, stays bound
             log.warning("idempotent response not stored", exc_info=True,
                         extra={"event": "idempotency_store_failed"})
 
-    def _release(self, binding: KeyBinding) -> None:
+    def _release(self, binding: KeyBinding, wait: float | None) -> None:
         try:
-            with write(self.engine) as conn:
+            with write(self.engine, wait=wait) as conn:
                 repo.release_idempotency_key(conn, binding.key, binding.token, now=self.now())
         except Exception:  # noqa: BLE001 - the claim lapses by itself after the request deadline
             pass

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.adapters import repository as repo
-from app.adapters.db import CommitOutcomeUnknown, read, write, write_reporting_commit
+from app.adapters.db import CommitOutcomeUnknown, lock_wait, read, write, write_reporting_commit
 from app.domain import (
     PENDING_MESSAGE,
     FailureReason,
@@ -211,7 +211,7 @@ class OrderPlacement:
                 if break_until is None:
                     self.publisher.payment_due(order.id)
                 return order
-            return self._pay_in_real_time(order, payment_deadline)
+            return self._pay_in_real_time(order, payment_deadline, finish_by=deadline)
         except PaymentDeclined:
             raise
         except Exception:
@@ -244,7 +244,7 @@ class OrderPlacement:
     def _payment_fits(self, payment_deadline: float) -> bool:
         return payment_deadline - self.monotonic() >= MIN_PAYMENT_WINDOW
 
-    def _pay_in_real_time(self, order: Order, deadline: float) -> Order:
+    def _pay_in_real_time(self, order: Order, deadline: float, *, finish_by: float) -> Order:
         if self._payment_fits(deadline):
             result = self.payments.capture(
                 order_id=order.id,
@@ -258,7 +258,9 @@ class OrderPlacement:
             result = CaptureResult("not_attempted", error="no time left for a real-time payment")
         now = self.now()
         try:
-            return self._record_payment(order, result, now)
+            # A stalled database may keep this transaction only until the request deadline: the answer must
+            # not wait past it (the job settles what could not be written).
+            return self._record_payment(order, result, now, wait=lock_wait(finish_by - self.monotonic()))
         except DATABASE_ERRORS:
             # The call's outcome could not be written: the order stays PaymentPending with its job due at the
             # request deadline, and the job settles it (a capture made here is found again under the same key).
@@ -267,8 +269,8 @@ class OrderPlacement:
                                "outcome": result.outcome})
             return order
 
-    def _record_payment(self, order: Order, result: CaptureResult, now: datetime) -> Order:
-        with write(self.engine) as conn:
+    def _record_payment(self, order: Order, result: CaptureResult, now: datetime, *, wait: float) -> Order:
+        with write(self.engine, wait=wait) as conn:
             repo.record_attempts(conn, order.id, result.attempts, now=now)
             if result.outcome == "captured":
                 if repo.move_order(
