@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Request
+from werkzeug.exceptions import HTTPException
 
 from app.api.problems import Problem, validation_problem
 
@@ -71,7 +72,16 @@ def _read_body(request: Request) -> bytes:
     parts: list[bytes] = []
     size = 0
     while size <= MAX_BODY:
-        part = request.stream.read(MAX_BODY + 1 - size)
+        try:
+            part = request.stream.read(MAX_BODY + 1 - size)
+        except HTTPException:
+            raise
+        except Exception:
+            # The server's own reader failed on the client's bytes (a bad chunk size or terminator):
+            # a malformed request, not an error of ours.
+            raise validation_problem(
+                [{"field": "body", "message": "malformed chunked framing"}], "The body could not be read."
+            ) from None
         if not part:
             break
         parts.append(part)

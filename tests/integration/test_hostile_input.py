@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -255,3 +256,19 @@ def test_chunked_admin_body_over_64_kib_is_413_and_changes_nothing(served: Serve
         assert {f["name"]: f["enabled"] for f in flags}["Notifications"] is True
     finally:
         requests.put(served.url("/admin/flags/Notifications"), json={"enabled": True}, headers=admin, timeout=5)
+
+
+@pytest.mark.parametrize("framing", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n"],
+                         ids=["bad chunk size", "bad chunk terminator"])
+def test_broken_chunked_framing_is_400_and_stores_nothing(served: Served, framing: bytes) -> None:
+    before = served.orders()
+    with socket.create_connection((served.host, served.port), timeout=15) as sock:
+        sock.sendall(b"POST /api/orders HTTP/1.1\r\nHost: orderflow\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + framing)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        problem = json.loads(response.read())
+    assert response.status == 400
+    assert response.getheader("Content-Type") == "application/problem+json"
+    assert [e["field"] for e in problem["errors"]] == ["body"]
+    assert served.orders() == before
