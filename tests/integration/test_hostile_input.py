@@ -135,6 +135,17 @@ def test_admin_page_is_served_without_a_token(stack: Stack) -> None:
     assert response.content_type.startswith("text/html")
 
 
+def test_admin_page_may_not_be_framed_by_another_site(stack: Stack) -> None:
+    response = stack.client.get("/admin/")
+    policy = {name: values for name, *values in
+              (directive.split() for directive in response.headers["Content-Security-Policy"].split(";"))}
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    # The page still loads its own script and style and talks to its own origin only.
+    assert policy["default-src"] == ["'self'"] and policy["connect-src"] == ["'self'"]
+    assert "'self'" in policy["script-src"] and "'self'" in policy["style-src"]
+
+
 @pytest.mark.parametrize("body", [{"enabled": "no"}, {"enabled": 0}, {}, [], {"enabled": None}])
 def test_bad_flag_bodies_are_400_and_change_nothing(stack: Stack, body: object) -> None:
     response = stack.client.put("/admin/flags/Notifications", json=body, headers=stack.admin())
