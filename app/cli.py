@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from app.config import Settings
+from app.config import Settings, SettingsError
 
 _ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
@@ -50,7 +50,11 @@ def _print(payload: Any) -> None:
 
 def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings or Settings.from_env()
+    try:
+        settings = settings or Settings.from_env()
+    except SettingsError as exc:
+        print(f"orderflow: {exc}", file=sys.stderr)
+        return 2
     if args.group == "db":
         from app.adapters.migrate import upgrade
 

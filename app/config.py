@@ -36,16 +36,34 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _admin_token(env: Mapping[str, str]) -> str | None:
-    token = env.get("ADMIN_TOKEN")
-    if token:
-        return token
-    token_file = var_dir(env) / "admin-token"
+def admin_token_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where `make run` keeps the admin token it generated on first start."""
+    return var_dir(env) / "admin-token"
+
+
+def read_admin_token(path: Path) -> str | None:
+    """The token kept in `path`, None when there is none.
+
+    A file that group or others may read or write is refused rather than used: its token may be known.
+    """
     try:
-        stored = token_file.read_text().strip()
-    except OSError:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o066:
+                raise SettingsError(
+                    f"{path} is readable or writable by group or others (mode {mode & 0o777:o}); "
+                    f"fix it with: chmod 600 {path}"
+                )
+            stored = f.read().strip()
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the admin token: {exc.strerror}") from None
     return stored or None
+
+
+def _admin_token(env: Mapping[str, str]) -> str | None:
+    return env.get("ADMIN_TOKEN") or read_admin_token(admin_token_file(env))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.config import ROOT, Settings, var_dir
+from app.config import ROOT, Settings, SettingsError, admin_token_file, read_admin_token, var_dir
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
 RESTART_LIMIT = 5  # exits of one process within RESTART_WINDOW that it is restarted after; one more stops all
@@ -111,17 +111,41 @@ def _die_with_parent() -> None:
         pass
 
 
-def _admin_token(var: Path) -> str:
-    token = os.environ.get("ADMIN_TOKEN")
+def _admin_token(env: Mapping[str, str]) -> str:
+    """ADMIN_TOKEN, or the one kept from an earlier start, or a new one kept for the next."""
+    token = env.get("ADMIN_TOKEN")
     if token:
         return token
-    path = var / "admin-token"
-    if path.exists() and path.read_text().strip():
-        return path.read_text().strip()
+    path = admin_token_file(env)
+    try:
+        stored = read_admin_token(path)
+    except SettingsError as exc:
+        raise SystemExit(f"[orderflow] {exc}") from None
+    if stored:
+        return stored
     token = secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    _write_private(path, token + "\n")
     return token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by its owner alone from the moment it exists, and never half-written.
+
+    The file is created with mode 0600 (a chmod after writing would leave it readable under the umask for
+    a moment) under a temporary name, and renamed into place once its content is on disk.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.unlink(missing_ok=True)  # left by a run that died here under the same pid
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -162,7 +186,7 @@ class Supervisor:
         var = var_dir(env)
         var.mkdir(parents=True, exist_ok=True)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        env["ADMIN_TOKEN"] = _admin_token(var)
+        env["ADMIN_TOKEN"] = _admin_token(env)
         simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
         proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
         populate = populate_file(var, simulator_ports, proxy_ports)

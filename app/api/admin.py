@@ -55,10 +55,13 @@ def page() -> Response:
     except OSError:
         html = "<!doctype html><title>OrderFlow admin</title><p>The admin page is not installed.</p>"
     response = Response(html, mimetype="text/html")
+    # No other site may frame the page: its buttons isolate circuits and replay payments once a token is in,
+    # and a framing page could trick a click onto them. X-Frame-Options says the same to older browsers.
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-        "connect-src 'self'; img-src 'self' data:"
+        "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
     )
+    response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cache-Control"] = "no-store"
     return response
 

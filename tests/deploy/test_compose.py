@@ -34,6 +34,34 @@ def _published(service: dict[str, Any]) -> set[int]:
     return {int(str(port).split(":")[-1].split("/")[0]) for port in service.get("ports", [])}
 
 
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}`, as `docker compose` resolves them."""
+    def resolve(match: re.Match[str]) -> str:
+        name, operator, default = match.group(1), match.group(2), match.group(3) or ""
+        value = env.get(name)
+        if value is None or (operator == ":-" and value == ""):
+            return default if operator else ""
+        return value
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}", resolve, text)
+
+
+def _bindings(services: dict[str, Any], env: dict[str, str]) -> dict[str, list[tuple[str, int, int]]]:
+    """service -> (host address, host port, container port) of every published port, `env` interpolated."""
+    bindings: dict[str, list[tuple[str, int, int]]] = {}
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            assert isinstance(entry, str), f"{name}: publish ports in the short string syntax, not {entry!r}"
+            parts = _interpolate(entry, env).split("/")[0].rsplit(":", 2)
+            if len(parts) == 1:  # "8000": the same port on the host
+                parts.append(parts[0])
+            if len(parts) == 2:  # no address: Docker publishes the port on every interface
+                parts.insert(0, "0.0.0.0")
+            address, host_port, container_port = parts
+            bindings.setdefault(name, []).append((address, int(host_port), int(container_port)))
+    return bindings
+
+
 def _proxies(name: str) -> dict[str, dict[str, Any]]:
     proxies = json.loads((TOXIPROXY_DIR / name).read_text(encoding="utf-8"))
     return {proxy["name"]: proxy for proxy in proxies}
@@ -41,6 +69,22 @@ def _proxies(name: str) -> dict[str, dict[str, Any]]:
 
 def test_compose_names_exactly_the_stack_services(services: dict[str, Any]) -> None:
     assert set(services) == SERVICES
+
+
+def test_every_published_port_is_bound_to_loopback_by_default(services: dict[str, Any]) -> None:
+    bindings = _bindings(services, {})
+    assert {"api", "worker", "toxiproxy", "prometheus", "grafana"} <= set(bindings)
+    exposed = {name: ports for name, ports in bindings.items() if any(addr != "127.0.0.1" for addr, *_ in ports)}
+    assert exposed == {}
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "192.0.2.7"])
+def test_orderflow_bind_moves_every_published_port(services: dict[str, Any], address: str) -> None:
+    default = _bindings(services, {})
+    moved = _bindings(services, {"ORDERFLOW_BIND": address})
+    assert moved == {name: [(address, host, container) for _, host, container in ports]
+                     for name, ports in default.items()}
+    assert _bindings(services, {"ORDERFLOW_BIND": ""}) == default
 
 
 def test_api_runs_gunicorn_on_all_interfaces_after_migrations(services: dict[str, Any]) -> None:

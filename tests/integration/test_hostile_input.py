@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import requests
 
-from tests.integration.conftest import Stack
+from app.api.validation import MAX_BODY
+from bench.stack import free_ports, stop_process
+from simulators import serve
+from tests.integration.conftest import ADMIN_TOKEN, Stack
+from tests.support import DatabaseHandle
 
 GOOD_LINE = {"product_id": 1, "quantity": 1}
 
@@ -120,6 +135,17 @@ def test_admin_page_is_served_without_a_token(stack: Stack) -> None:
     assert response.content_type.startswith("text/html")
 
 
+def test_admin_page_may_not_be_framed_by_another_site(stack: Stack) -> None:
+    response = stack.client.get("/admin/")
+    policy = {name: values for name, *values in
+              (directive.split() for directive in response.headers["Content-Security-Policy"].split(";"))}
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    # The page still loads its own script and style and talks to its own origin only.
+    assert policy["default-src"] == ["'self'"] and policy["connect-src"] == ["'self'"]
+    assert "'self'" in policy["script-src"] and "'self'" in policy["style-src"]
+
+
 @pytest.mark.parametrize("body", [{"enabled": "no"}, {"enabled": 0}, {}, [], {"enabled": None}])
 def test_bad_flag_bodies_are_400_and_change_nothing(stack: Stack, body: object) -> None:
     response = stack.client.put("/admin/flags/Notifications", json=body, headers=stack.admin())
@@ -142,3 +168,118 @@ def test_flag_change_is_listed_with_who_and_when(stack: Stack) -> None:
         assert set(flag) == {"name", "enabled", "description", "updated_at", "updated_by"}
     finally:
         stack.client.put("/admin/flags/Notifications", json={"enabled": True}, headers=stack.admin())
+
+
+# -- through gunicorn: a chunked body has no Content-Length, so only the server's own reading can bound it ----
+
+ORDER_JSON = json.dumps({"customer_id": 3, "lines": [GOOD_LINE]}).encode()
+
+
+@dataclass(frozen=True)
+class Served:
+    host: str
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def orders(self) -> int:
+        return len(requests.get(self.url("/api/orders?limit=500"), timeout=5).json()["items"])
+
+    def send_chunked(self, method: str, path: str, body: bytes, headers: dict[str, str] | None = None,
+                     ) -> tuple[int, str, dict[str, object]]:
+        """`body` as 8 KiB chunks with Transfer-Encoding: chunked and no Content-Length."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=15)
+        try:
+            chunks = (body[i:i + 8192] for i in range(0, len(body), 8192))
+            conn.request(method, path, body=chunks, encode_chunked=True,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            return response.status, response.getheader("Content-Type", ""), json.loads(response.read())
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def served(database: DatabaseHandle, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The order API under gunicorn, as `make run` starts it (one process), over the real simulators."""
+    sims = {kind: serve(kind) for kind in ("payment", "inventory", "notification")}
+    tmp = tmp_path_factory.mktemp("gunicorn")
+    (port,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_SCHEMA")}
+    env.update(database.env())
+    env.update({
+        "API_PORT": str(port), "API_PROCESSES": "1", "API_THREADS": "4", "REDIS_URL": redis_url,
+        "ORDERFLOW_REDIS_PREFIX": f"oftest:{uuid.uuid4().hex[:12]}", "ORDERFLOW_VAR": str(tmp),
+        "ADMIN_TOKEN": ADMIN_TOKEN, **{f"{kind.upper()}_URL": sim.url for kind, sim in sims.items()},
+    })
+    log = tmp / "gunicorn.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--config", "python:app.gunicorn_config",
+             "app:create_app()"], cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
+            stderr=subprocess.STDOUT)
+    served = Served("127.0.0.1", port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"gunicorn exited with {process.returncode}:\n{log.read_text()}"
+            try:
+                if requests.get(served.url("/health/live"), timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"gunicorn did not answer within 30 s:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield served
+    finally:
+        stop_process(process, grace=10)
+        for sim in sims.values():
+            sim.shutdown()
+
+
+def test_chunked_body_over_64_kib_is_413_and_stores_nothing(served: Served) -> None:
+    before = served.orders()
+    status, content_type, problem = served.send_chunked("POST", "/api/orders", ORDER_JSON + b" " * 70_000)
+    assert status == 413
+    assert content_type == "application/problem+json"
+    assert problem["status"] == 413
+    assert served.orders() == before
+
+
+def test_chunked_body_of_exactly_64_kib_is_accepted(served: Served) -> None:
+    before = served.orders()
+    body = ORDER_JSON + b" " * (MAX_BODY - len(ORDER_JSON))
+    status, _, order = served.send_chunked("POST", "/api/orders", body)
+    assert status == 201, order
+    assert order["customer_id"] == 3
+    assert served.orders() == before + 1
+
+
+def test_chunked_admin_body_over_64_kib_is_413_and_changes_nothing(served: Served) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    body = json.dumps({"enabled": False}).encode() + b" " * 70_000
+    try:
+        status, content_type, _ = served.send_chunked("PUT", "/admin/flags/Notifications", body, admin)
+        assert status == 413
+        assert content_type == "application/problem+json"
+        flags = requests.get(served.url("/admin/flags"), headers=admin, timeout=5).json()["flags"]
+        assert {f["name"]: f["enabled"] for f in flags}["Notifications"] is True
+    finally:
+        requests.put(served.url("/admin/flags/Notifications"), json={"enabled": True}, headers=admin, timeout=5)
+
+
+@pytest.mark.parametrize("framing", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n"],
+                         ids=["bad chunk size", "bad chunk terminator"])
+def test_broken_chunked_framing_is_400_and_stores_nothing(served: Served, framing: bytes) -> None:
+    before = served.orders()
+    with socket.create_connection((served.host, served.port), timeout=15) as sock:
+        sock.sendall(b"POST /api/orders HTTP/1.1\r\nHost: orderflow\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + framing)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        problem = json.loads(response.read())
+    assert response.status == 400
+    assert response.getheader("Content-Type") == "application/problem+json"
+    assert [e["field"] for e in problem["errors"]] == ["body"]
+    assert served.orders() == before
