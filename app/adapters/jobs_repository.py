@@ -225,6 +225,16 @@ def reschedule_payment_job(
     ).rowcount == 1
 
 
+def hold_claim(conn: Connection, job: ClaimedJob, *, now: datetime) -> bool:
+    """True while `job`'s claim is still this run's; it also locks the job's row until the transaction ends
+    (PostgreSQL), so the relay cannot take the lease back between this check and the commit."""
+    return conn.execute(
+        update(payment_jobs)
+        .where(and_(payment_jobs.c.order_id == job.order_id, payment_jobs.c.claim_token == job.claim_token))
+        .values(updated_at=now)
+    ).rowcount == 1
+
+
 _FINISH_PAYMENT_JOB = (
     update(payment_jobs)
     .where(and_(payment_jobs.c.order_id == bindparam("job_order_id"),

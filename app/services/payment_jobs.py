@@ -272,12 +272,18 @@ def _dead_letter(
     *,
     last_error: str | None = None,
 ) -> str:
-    """The dead letter, the failed order and the dead job in one transaction; the message after commit."""
+    """The dead letter, the failed order and the dead job in one transaction; the message after commit.
+
+    Only while this run still holds the job's claim: a run that outlived its lease (a frozen process) may
+    find that another run has since captured, and must not fail the order under it."""
     now = runner.now()
     dead_letter_id: int | None = None
     with write(runner.engine) as conn:
+        held = jobs.hold_claim(conn, job, now=now)
         repo.record_attempts(conn, job.order_id, result.attempts, now=now)
-        if repo.move_order(
+        if not held:
+            pass
+        elif repo.move_order(
             conn, job.order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.PAYMENT_FAILED,
             now=now, failure_reason=reason,
         ):
@@ -289,7 +295,8 @@ def _dead_letter(
         else:
             jobs.finish_payment_job(conn, job, state="done", now=now)
     if dead_letter_id is None:
-        return _done(job.order_id, "skipped", "order was moved by someone else")
+        return _done(job.order_id, "skipped",
+                     "order was moved by someone else" if held else "the job's lease was taken over")
     try:
         runner.announcer.dead_lettered(dead_letter_id, job.order_id)
     except Exception:  # the row is the record; the message only tells the dead-letter consumer early

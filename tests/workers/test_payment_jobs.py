@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, select
 
 from app.adapters import jobs_repository as jobs
-from app.adapters.db import read
+from app.adapters.db import read, write
 from app.adapters.tables import notification_jobs
 from app.domain import FailureReason, OrderStatus
 from app.resilience.config import JobsPaymentConfig
@@ -399,4 +399,30 @@ def test_a_conflict_while_the_same_key_is_in_flight_is_retried(engine: Engine) -
     gateway = FakeJobGateway(["conflict", "captured"])
     runner = make_runner(engine, gateway, clock)
     assert run_until_settled(engine, runner, clock, order_id) == ["retried", "succeeded"]
+    assert order(engine, order_id).status is OrderStatus.CONFIRMED
+
+
+def test_a_run_that_outlived_its_lease_does_not_dead_letter_an_order_a_newer_run_owns(engine: Engine) -> None:
+    """A worker frozen past its lease wakes up to give up; meanwhile the relay took the job back and a newer
+    run captured. The stale run's dead letter would fail an order that was charged: it must do nothing."""
+    clock = Clock(datetime.now(UTC))
+    order_id = place_order(engine, now=clock())
+
+    class FreezesThenFails(FakeJobGateway):
+        def capture(self, **kwargs: object) -> object:  # type: ignore[override]
+            result = super().capture(**kwargs)  # type: ignore[arg-type]
+            # While this call hung, the lease ran out and the relay handed the job to another worker.
+            clock.advance(CONFIG.attempt_timeout + 60)
+            with write(engine) as conn:
+                jobs.reclaim_expired_payment_leases(conn, now=clock())
+            return result
+
+    stale = make_runner(engine, FreezesThenFails(["rejected"]), clock)
+    assert process_payment_job(order_id, runner=stale) == "skipped"
+    assert order(engine, order_id).status is OrderStatus.PAYMENT_PENDING
+    with read(engine) as conn:
+        assert [d for d in jobs.list_dead_letters(conn) if d.order_id == order_id] == []
+    assert order(engine, order_id).payment.attempts == 1  # its attempt is still counted
+    fresh = make_runner(engine, FakeJobGateway(["captured"]), clock)
+    assert process_payment_job(order_id, runner=fresh) == "succeeded"
     assert order(engine, order_id).status is OrderStatus.CONFIRMED
