@@ -6,17 +6,22 @@ breaker. The ratio exactly at the threshold opens. After the break one probe is 
 closes the circuit with a fresh window, its failure opens it again. A probe whose holder vanished frees
 itself after `probe_timeout`, so a crashed caller cannot wedge the circuit half-open.
 
+The probe's identity is a token handed out with its admission, and its outcome is reported with that token,
+not by the thread that was admitted: a hedged attempt, for one, runs on a thread of its own. A probe presumed
+lost that reports after another probe was admitted decides nothing; its successor does.
+
 The store decides where state lives: `LocalBreakerStore` (this process) or `RedisBreakerStore`
 (`shared_state.py`, every API and worker process). Transitions are reported by the process that caused them.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .budget import BudgetSpec, BudgetWindow
 from .events import BreakerTransition
@@ -34,8 +39,19 @@ _REJECTED_STATE = {REJECT_OPEN: OPEN, REJECT_HALF_OPEN: HALF_OPEN, REJECT_ISOLAT
 BUCKETS = 10  # the window slides one tenth of the sampling duration at a time
 
 Transition = tuple[str, str]
-Admission = tuple[int, float | None, Transition | None]  # code, break_until (epoch s), transition caused
-_ADMITTED: Admission = (ADMIT, None, None)
+
+
+class Admission(NamedTuple):
+    """A store's answer to one admission, which the breaker hands on to its caller once it admits."""
+
+    code: int
+    break_until: float | None = None  # epoch seconds, with a rejection by an open or half-open circuit
+    transition: Transition | None = None  # the transition the admission caused (open -> half_open)
+    probe: str | None = None  # with PROBE: the token the probe's outcome is reported with
+
+
+_ADMITTED = Admission(ADMIT)
+_NO_BUDGET = Admission(NO_BUDGET)
 
 
 class BrokenCircuitError(Exception):
@@ -72,8 +88,8 @@ class BreakerStore(Protocol):
 
     def register(self, name: str, spec: BreakerSpec, notify: Callable[[str, str], None] | None) -> None: ...
     def acquire(self, name: str, *, retry: bool, budget: BudgetSpec | None) -> Admission: ...
-    def record(self, name: str, *, success: bool, probe: bool) -> Transition | None: ...
-    def release_probe(self, name: str) -> None: ...
+    def record(self, name: str, *, success: bool, probe: str | None) -> Transition | None: ...
+    def release_probe(self, name: str, probe: str) -> None: ...
     def isolate(self, name: str) -> Transition | None: ...
     def reset(self, name: str) -> Transition | None: ...
     def snapshot(self, name: str) -> CircuitSnapshot: ...
@@ -120,7 +136,7 @@ def should_open(spec: BreakerSpec, total: int, failed: int) -> bool:
 
 
 class _LocalCircuit:
-    __slots__ = ("spec", "lock", "state", "window", "open_until", "probe_until", "budget")
+    __slots__ = ("spec", "lock", "state", "window", "open_until", "probe", "probe_until", "budget")
 
     def __init__(self, spec: BreakerSpec) -> None:
         self.spec = spec
@@ -128,6 +144,7 @@ class _LocalCircuit:
         self.state = CLOSED
         self.window = SlidingWindow(spec.sampling_duration)
         self.open_until = 0.0  # monotonic
+        self.probe: str | None = None  # the token of the probe admitted last
         self.probe_until = 0.0  # monotonic: when an unanswered probe is presumed lost
         self.budget: BudgetWindow | None = None
 
@@ -142,6 +159,7 @@ class LocalBreakerStore:
         self._wall_clock = wall_clock
         self._circuits: dict[str, _LocalCircuit] = {}
         self._lock = threading.Lock()
+        self._probes = itertools.count(1)
 
     def _circuit(self, name: str) -> _LocalCircuit:
         circuit = self._circuits.get(name)
@@ -174,32 +192,32 @@ class LocalBreakerStore:
         with circuit.lock:
             now = self._clock()
             state = circuit.state
-            transition: Transition | None = None
-            code = ADMIT
             if state is ISOLATED:
-                return REJECT_ISOLATED, None, None
-            if state is OPEN:
-                if now < circuit.open_until:
-                    return REJECT_OPEN, self._epoch(circuit.open_until), None
-                code = PROBE
-            elif state is HALF_OPEN:
-                if now < circuit.probe_until:
-                    return REJECT_HALF_OPEN, self._epoch(circuit.probe_until), None
-                code = PROBE  # the previous probe never reported back: presumed lost
+                return Admission(REJECT_ISOLATED)
+            if state is OPEN and now < circuit.open_until:
+                return Admission(REJECT_OPEN, self._epoch(circuit.open_until))
+            if state is HALF_OPEN and now < circuit.probe_until:
+                return Admission(REJECT_HALF_OPEN, self._epoch(circuit.probe_until))
             if budget is not None and not self._charge(circuit, budget, retry=retry):
-                return NO_BUDGET, None, None
-            if code == PROBE:
-                circuit.probe_until = now + circuit.spec.probe_timeout
-                if state is OPEN:
-                    circuit.state = HALF_OPEN
-                    transition = (OPEN, HALF_OPEN)
-            return code, None, transition
+                return _NO_BUDGET
+            if state is CLOSED:
+                return _ADMITTED
+            # The break is over, or the previous probe never reported back (presumed lost): this is the probe.
+            circuit.probe = token = f"local:{next(self._probes)}"
+            circuit.probe_until = now + circuit.spec.probe_timeout
+            transition: Transition | None = None
+            if state is OPEN:
+                circuit.state = HALF_OPEN
+                transition = (OPEN, HALF_OPEN)
+            return Admission(PROBE, None, transition, token)
 
-    def record(self, name: str, *, success: bool, probe: bool) -> Transition | None:
+    def record(self, name: str, *, success: bool, probe: str | None) -> Transition | None:
         circuit = self._circuits.get(name) or self._circuit(name)
         with circuit.lock:
             now = self._clock()
-            if probe and circuit.state is HALF_OPEN:
+            if probe is not None and circuit.state is HALF_OPEN:
+                if probe != circuit.probe and now < circuit.probe_until:
+                    return None  # presumed lost, and another probe runs now: that one decides
                 if success:
                     circuit.state = CLOSED
                     circuit.window.clear()
@@ -220,10 +238,10 @@ class LocalBreakerStore:
         circuit.open_until = now + circuit.spec.break_duration
         circuit.window.clear()
 
-    def release_probe(self, name: str) -> None:
+    def release_probe(self, name: str, probe: str) -> None:
         circuit = self._circuit(name)
         with circuit.lock:
-            if circuit.state is HALF_OPEN:
+            if circuit.state is HALF_OPEN and circuit.probe == probe:
                 circuit.probe_until = 0.0
 
     def isolate(self, name: str) -> Transition | None:
@@ -314,27 +332,30 @@ class CircuitBreaker:
         if self._sinks:
             emit(self._sinks, BreakerTransition(self.name, from_state, to_state))
 
-    def acquire(self, *, retry: bool = False, budget: BudgetSpec | None = None) -> int:
-        """Admit one attempt: ADMIT, PROBE (report its outcome with probe=True) or NO_BUDGET (not admitted).
+    def acquire(self, *, retry: bool = False, budget: BudgetSpec | None = None) -> Admission:
+        """Admit one attempt. `code` is ADMIT, PROBE or NO_BUDGET (not admitted); a probe's outcome is
+        reported with its token, `probe`, from whichever thread runs it.
 
         Raises BrokenCircuitError when the circuit does not admit calls.
         """
-        code, break_until, transition = self._store_acquire(self.name, retry=retry, budget=budget)
+        admission = self._store_acquire(self.name, retry=retry, budget=budget)
+        code, break_until, transition, _ = admission
         if transition is not None:
             self._transitioned(*transition)
         if code > NO_BUDGET:
             raise BrokenCircuitError(self.name, state=_REJECTED_STATE[code], break_until=break_until)
-        return code
+        return admission
 
-    def record(self, success: bool, *, probe: bool = False) -> None:
+    def record(self, success: bool, *, probe: str | None = None) -> None:
+        """Count an admitted attempt's outcome; `probe` is the admission's token when it was the probe."""
         transition = self._store_record(self.name, success=success, probe=probe)
         if transition is not None:
             self._transitioned(*transition)
 
-    def release(self, *, probe: bool) -> None:
+    def release(self, *, probe: str | None) -> None:
         """An admitted attempt ended in an outcome that counts as neither success nor failure."""
-        if probe:
-            self.store.release_probe(self.name)
+        if probe is not None:
+            self.store.release_probe(self.name, probe)
 
     def isolate(self) -> CircuitSnapshot:
         transition = self.store.isolate(self.name)

@@ -15,7 +15,8 @@ call (the transport) enforces it.
 
 Deviation from a literal reading of the order: the circuit and the budget admit a retry *before* its
 backoff sleep, in one step (one script call with the shared store), so a call never sleeps only to find the
-circuit open or the budget spent.
+circuit open or the budget spent. A half-open probe's token goes with its attempt, so the outcome reaches the
+circuit from whichever thread ran it (hedged attempts run on threads of their own).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from .budget import BudgetSpec, RetryBudget
 from .bulkhead import Bulkhead, BulkheadRejectedError
-from .circuit_breaker import NO_BUDGET, PROBE, BreakerStore, BrokenCircuitError, CircuitBreaker
+from .circuit_breaker import NO_BUDGET, BreakerStore, BrokenCircuitError, CircuitBreaker
 from .config import DependencyConfig
 from .events import (
     AttemptFinished,
@@ -205,12 +206,12 @@ class ResiliencePipeline(Generic[T]):
     ) -> Outcome:
         clock = self._clock
         breaker = self.breaker
-        probe = False
+        probe: str | None = None  # the token of the half-open probe, when this attempt is it
         if self._separate_budget is not None:
             self._separate_budget.record_call()
         if breaker is not None:
             try:
-                probe = breaker.acquire(retry=False, budget=self._combined_budget) == PROBE
+                probe = breaker.acquire(retry=False, budget=self._combined_budget).probe
             except BrokenCircuitError as exc:
                 return Outcome(exception=exc, failed=True)
         number = 0
@@ -248,26 +249,26 @@ class ResiliencePipeline(Generic[T]):
             if delay > 0:
                 self._sleep(delay)
 
-    def _admit_retry(self, breaker: CircuitBreaker | None) -> bool | Outcome:
-        """Admit the next attempt: True/False = admitted (as the probe or not), an Outcome = stop."""
+    def _admit_retry(self, breaker: CircuitBreaker | None) -> str | Outcome | None:
+        """Admit the next attempt: None = admitted, a token = admitted as the probe, an Outcome = stop."""
         if self._separate_budget is not None and not self._separate_budget.try_spend():
             emit(self._sinks, BudgetExhausted(self.name))
             return Outcome()
         if breaker is None:
-            return False
+            return None
         try:
-            code = breaker.acquire(retry=True, budget=self._combined_budget)
+            admission = breaker.acquire(retry=True, budget=self._combined_budget)
         except BrokenCircuitError as exc:
             return Outcome(exception=exc, failed=True)
-        if code == NO_BUDGET:
+        if admission.code == NO_BUDGET:
             emit(self._sinks, BudgetExhausted(self.name))
             return Outcome()
-        return code == PROBE
+        return admission.probe
 
     # --- one attempt ------------------------------------------------------------------------------------
 
     def _attempt(
-        self, call: Callable[[Attempt], T], number: int, deadline: float, kind: TimeoutKind, probe: bool,
+        self, call: Callable[[Attempt], T], number: int, deadline: float, kind: TimeoutKind, probe: str | None,
         hedged: bool, operation: str, context: Mapping[str, Any],
     ) -> Outcome:
         """Run one attempt and count it. Never raises: an unhandled exception comes back not failed."""
@@ -301,7 +302,7 @@ class ResiliencePipeline(Generic[T]):
         return outcome
 
     def _hedged(
-        self, call: Callable[[Attempt], T], number: int, deadline: float, kind: TimeoutKind, probe: bool,
+        self, call: Callable[[Attempt], T], number: int, deadline: float, kind: TimeoutKind, probe: str | None,
         bound: float | None, operation: str, context: Mapping[str, Any],
     ) -> Outcome:
         assert self.hedging is not None
@@ -318,8 +319,8 @@ class ResiliencePipeline(Generic[T]):
             hedge_deadline, hedge_kind = attempt_deadline(clock(), self.attempt_timeout, bound)
             latest[0] = max(latest[0], hedge_deadline)
             emit(self._sinks, HedgeStarted(self.name))
-            return lambda: self._attempt(call, number, hedge_deadline, hedge_kind, admitted is True, True,
-                                         operation, context)
+            return lambda: self._attempt(call, number, hedge_deadline, hedge_kind, admitted, True, operation,
+                                         context)
 
         def give_up() -> Outcome:
             emit(self._sinks, TimeoutOccurred(self.name, kind))

@@ -16,7 +16,8 @@ connection (no pool checkout per call) and sends a command packed once per circu
 the circuit closed and no budget the script reads three keys with one MGET and answers a bare integer.
 
 Keys, under `key_prefix` and per circuit `<prefix>:cb:<name>:`: `open` (value: break end, epoch ms),
-`isolated`, `tripped` ("open" until the first probe is claimed, then "half"; gone when closed), `probe`,
+`isolated`, `tripped` ("open" until the first probe is claimed, then "half"; gone when closed), `probe`
+(the token of the probe claimed last, handed out with its admission and reported back with its outcome),
 `win` (hash `<bucket>:t` / `<bucket>:f`), `budget` (hash `<bucket>:c` / `<bucket>:r`). A bucket's first
 write deletes the buckets that left the window, so the hashes stay small however long the traffic lasts.
 """
@@ -104,8 +105,9 @@ end
 """
 
 # KEYS: open, isolated, tripped, probe, budget
-# ARGV: check_breaker, retry, budget_on, ratio, min_per_second, window_ms, probe_ttl_ms, token
-# -> code, or {code, break_until_ms, transition (1 = open -> half_open)} when either is set
+# ARGV: check_breaker, retry, budget_on, ratio, min_per_second, window_ms, probe_ttl_ms, caller (pid:thread)
+# -> code, or {code, break_until_ms, transition (1 = open -> half_open)} when either is set, or
+#    {1, 0, transition, token} for the probe
 _ACQUIRE = _PRELUDE + """
 local code = 0
 local tripped = false
@@ -132,11 +134,17 @@ if ARGV[3] == '1' then
   end
 end
 if code == 1 then
-  redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[7])
+  -- The claim's own token, so a probe presumed lost that reports late cannot decide for the next one, even
+  -- one the same thread claims (a thread's claims share a token only within a millisecond, by when the
+  -- first one has reported).
+  local token = ARGV[8] .. ':' .. string.format('%d', clock())
+  redis.call('SET', KEYS[4], token, 'PX', ARGV[7])
+  local transition = 0
   if tripped == 'open' then
     redis.call('SET', KEYS[3], 'half')
-    return {1, 0, 1}
+    transition = 1
   end
+  return {1, 0, transition, token}
 end
 return code
 """
@@ -208,8 +216,9 @@ return {state, break_until, total, failed}
 _REDIS_ERRORS = (redis.RedisError, OSError)
 _TRANSITION_CODES: dict[int, Transition] = {1: (HALF_OPEN, CLOSED), 2: (HALF_OPEN, OPEN)}
 _OPENED: Transition = (CLOSED, OPEN)
-_ADMITTED: Admission = (ADMIT, None, None)
-_CODES: dict[int, Admission] = {code: (code, None, None) for code in range(6)}
+_ADMITTED = Admission(ADMIT)
+_NO_BUDGET = Admission(NO_BUDGET)
+_CODES = {code: Admission(code) for code in range(6)}
 _FLAG = {True: "1", False: "0"}
 
 
@@ -275,12 +284,13 @@ class _Hangup:
 
 
 class _ThreadState(threading.local):
-    """This thread's connection and the admission commands packed for it (they carry its probe token)."""
+    """This thread's connection and the admission commands packed for it (they carry its name, which starts
+    the token of each probe it claims)."""
 
     def __init__(self) -> None:
         self.connection: AbstractConnection | None = None
         self.hangup: _Hangup | None = None
-        self.token = f"{os.getpid()}:{threading.get_ident()}"
+        self.caller = f"{os.getpid()}:{threading.get_ident()}"
         self.commands: dict[tuple[Any, ...], list[bytes]] = {}
         self.generation = -1
 
@@ -399,9 +409,6 @@ class RedisBreakerStore:
             self._keys[name] = keys
         return keys
 
-    def _token(self) -> str:
-        return self._per_thread.token
-
     def _spec(self, name: str) -> BreakerSpec:
         return self._specs.get(name) or BreakerSpec()
 
@@ -420,8 +427,7 @@ class RedisBreakerStore:
         return self._admit(name, retry, budget, True)
 
     def charge_budget(self, name: str, spec: BudgetSpec, *, retry: bool) -> bool:
-        code, _, _ = self._admit(name, retry, spec, False)
-        return code in (ADMIT, PROBE)
+        return self._admit(name, retry, spec, False).code in (ADMIT, PROBE)
 
     def _admit(self, name: str, retry: bool, budget: BudgetSpec | None, check_breaker: bool) -> Admission:
         if self._degraded and self._use_local():
@@ -448,10 +454,13 @@ class RedisBreakerStore:
                 return _ADMITTED
             self._saw(name, reply, None)
             return _CODES[reply]
-        code, break_until, transition = reply
-        until = int(break_until) / 1000.0 if int(break_until) else None
-        self._saw(name, int(code), until)
-        return int(code), until, ((OPEN, HALF_OPEN) if transition else None)
+        code, break_until, transition = int(reply[0]), int(reply[1]), reply[2]
+        until = break_until / 1000.0 if break_until else None
+        self._saw(name, code, until)
+        probe = None
+        if code == PROBE:
+            probe = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+        return Admission(code, until, (OPEN, HALF_OPEN) if transition else None, probe)
 
     def _saw(self, name: str, code: int, until: float | None) -> None:
         """Remember what an admission showed of the shared state (see `_seen`)."""
@@ -473,7 +482,7 @@ class RedisBreakerStore:
         probe_ttl = max(1, int(self._spec(name).probe_timeout * 1000))
         return _ACQUIRE_SCRIPT.command(
             [open_, isolated, tripped, probe, budget_key],
-            [_FLAG[check_breaker], _FLAG[retry], *budget_args, str(probe_ttl), state.token])
+            [_FLAG[check_breaker], _FLAG[retry], *budget_args, str(probe_ttl), state.caller])
 
     def _admit_locally(
         self, name: str, *, retry: bool, budget: BudgetSpec | None, check_breaker: bool
@@ -481,13 +490,13 @@ class RedisBreakerStore:
         if check_breaker:
             return self._local.acquire(name, retry=retry, budget=budget)
         ok = budget is None or self._local.charge_budget(name, budget, retry=retry)
-        return (ADMIT, None, None) if ok else (NO_BUDGET, None, None)
+        return _ADMITTED if ok else _NO_BUDGET
 
-    def record(self, name: str, *, success: bool, probe: bool) -> Transition | None:
+    def record(self, name: str, *, success: bool, probe: str | None) -> Transition | None:
         if self._degraded and self._use_local():
             return self._local.record(name, success=success, probe=probe)
-        if probe:
-            return self._record_probe(name, success)
+        if probe is not None:
+            return self._record_probe(name, success, probe)
         if not self._pid:
             self._start_flusher()
         with self._pending_lock:
@@ -497,24 +506,24 @@ class RedisBreakerStore:
             counts[0 if success else 1] += 1
         return None
 
-    def _record_probe(self, name: str, success: bool) -> Transition | None:
+    def _record_probe(self, name: str, success: bool, token: str) -> Transition | None:
         open_, isolated, tripped, probe, win, _ = self._keys_of(name)
         break_ms = int(self._spec(name).break_duration * 1000)
         try:
             code = self._eval(_PROBE_SCRIPT, [open_, isolated, tripped, probe, win],
-                              [_FLAG[success], self._token(), str(break_ms)])
+                              [_FLAG[success], token, str(break_ms)])
         except _REDIS_ERRORS as exc:
             self._failed(exc)
-            return self._local.record(name, success=success, probe=True)
+            return self._local.record(name, success=success, probe=token)
         self._recovered()
         return _TRANSITION_CODES.get(int(code))
 
-    def release_probe(self, name: str) -> None:
+    def release_probe(self, name: str, probe: str) -> None:
         try:
-            self._eval(_RELEASE_SCRIPT, [self._keys_of(name)[3]], [self._token()])
+            self._eval(_RELEASE_SCRIPT, [self._keys_of(name)[3]], [probe])
         except _REDIS_ERRORS as exc:
             self._failed(exc)
-            self._local.release_probe(name)
+            self._local.release_probe(name, probe)
 
     def isolate(self, name: str) -> Transition | None:
         previous = self._admin(name, "isolate")
@@ -617,7 +626,7 @@ class RedisBreakerStore:
             # Keep the evidence: the local window decides while Redis is away.
             for success, count in ((True, successes), (False, failures)):
                 for _ in range(count):
-                    transition = self._local.record(name, success=success, probe=False) or transition
+                    transition = self._local.record(name, success=success, probe=None) or transition
         notify = self._notify.get(name)
         if transition is not None and notify is not None:
             notify(*transition)

@@ -102,8 +102,9 @@ def test_half_open_probe_success_closes_with_a_fresh_window(clock: FakeClock) ->
     open_circuit(breaker)
     clock.advance(30.0)
     assert breaker.state == "half_open"
-    assert breaker.acquire() == PROBE
-    breaker.record(True, probe=True)
+    admission = breaker.acquire()
+    assert admission.code == PROBE
+    breaker.record(True, probe=admission.probe)
     snapshot = breaker.snapshot()
     assert (snapshot.state, snapshot.throughput, snapshot.break_until) == ("closed", 0, None)
     assert [(e.from_state, e.to_state) for e in hook.of_type(BreakerTransition)] == [
@@ -115,8 +116,9 @@ def test_half_open_probe_failure_opens_again_for_a_full_break(clock: FakeClock) 
     breaker = make_breaker(clock, hook)
     open_circuit(breaker)
     clock.advance(31.0)
-    assert breaker.acquire() == PROBE
-    breaker.record(False, probe=True)
+    admission = breaker.acquire()
+    assert admission.code == PROBE
+    breaker.record(False, probe=admission.probe)
     assert breaker.state == "open"
     assert breaker.snapshot().break_until == pytest.approx(clock.wall() + 30.0)
     assert hook.of_type(BreakerTransition)[-1] == BreakerTransition("payment", "half_open", "open")
@@ -126,7 +128,7 @@ def test_half_open_admits_exactly_one_probe(clock: FakeClock) -> None:
     breaker = make_breaker(clock)
     open_circuit(breaker)
     clock.advance(30.0)
-    assert breaker.acquire() == PROBE
+    assert breaker.acquire().code == PROBE
     for _ in range(3):
         with pytest.raises(BrokenCircuitError) as caught:
             breaker.acquire()
@@ -144,7 +146,7 @@ def test_only_one_of_many_threads_gets_the_probe() -> None:
     def contend() -> None:
         start.wait()
         try:
-            admitted.append(breaker.acquire())
+            admitted.append(breaker.acquire().code)
         except BrokenCircuitError:
             pass
 
@@ -160,21 +162,22 @@ def test_a_lost_probe_frees_itself_after_the_probe_timeout(clock: FakeClock) -> 
     breaker = make_breaker(clock)
     open_circuit(breaker)
     clock.advance(30.0)
-    assert breaker.acquire() == PROBE  # never reported back
+    assert breaker.acquire().code == PROBE  # never reported back
     clock.advance(4.9)
     with pytest.raises(BrokenCircuitError):
         breaker.acquire()
     clock.advance(0.2)
-    assert breaker.acquire() == PROBE
+    assert breaker.acquire().code == PROBE
 
 
 def test_a_released_probe_lets_the_next_call_probe(clock: FakeClock) -> None:
     breaker = make_breaker(clock)
     open_circuit(breaker)
     clock.advance(30.0)
-    assert breaker.acquire() == PROBE
-    breaker.release(probe=True)
-    assert breaker.acquire() == PROBE
+    admission = breaker.acquire()
+    assert admission.code == PROBE
+    breaker.release(probe=admission.probe)
+    assert breaker.acquire().code == PROBE
 
 
 def test_isolate_rejects_until_reset_and_reset_clears_the_window(clock: FakeClock) -> None:
@@ -189,7 +192,7 @@ def test_isolate_rejects_until_reset_and_reset_clears_the_window(clock: FakeCloc
     assert caught.value.state == "isolated" and caught.value.break_until is None
     snapshot = breaker.reset()
     assert (snapshot.state, snapshot.throughput) == ("closed", 0)
-    assert breaker.acquire() == ADMIT
+    assert breaker.acquire().code == ADMIT
     assert [(e.from_state, e.to_state) for e in hook.of_type(BreakerTransition)] == [
         ("closed", "isolated"), ("isolated", "closed")]
 
@@ -198,7 +201,7 @@ def test_reset_of_an_open_circuit_closes_it(clock: FakeClock) -> None:
     breaker = make_breaker(clock)
     open_circuit(breaker)
     assert breaker.reset().state == "closed"
-    assert breaker.acquire() == ADMIT
+    assert breaker.acquire().code == ADMIT
 
 
 def test_failures_recorded_while_open_do_not_extend_the_break(clock: FakeClock) -> None:
@@ -207,7 +210,7 @@ def test_failures_recorded_while_open_do_not_extend_the_break(clock: FakeClock) 
     clock.advance(20.0)
     breaker.record(False)  # a straggler admitted before the circuit opened
     clock.advance(10.0)
-    assert breaker.acquire() == PROBE
+    assert breaker.acquire().code == PROBE
 
 
 def test_two_breakers_on_one_store_share_the_circuit(clock: FakeClock) -> None:

@@ -67,7 +67,7 @@ def test_failures_in_two_processes_open_the_circuit_a_third_sees(redis_url: str,
 
 def test_isolation_in_one_process_is_seen_by_another(redis_url: str, key_prefix: str, store: RedisBreakerStore) -> None:
     breaker = make_breaker(store)
-    assert breaker.acquire() == ADMIT
+    assert breaker.acquire().code == ADMIT
     run(workers.isolate, redis_url, key_prefix)
     with pytest.raises(BrokenCircuitError) as caught:
         breaker.acquire()
@@ -134,12 +134,14 @@ def test_probe_success_closes_and_failure_reopens(store: RedisBreakerStore) -> N
     store.flush()
     time.sleep(0.08)
     assert breaker.state == "half_open"
-    assert breaker.acquire() == PROBE
-    breaker.record(False, probe=True)
+    admission = breaker.acquire()
+    assert admission.code == PROBE
+    breaker.record(False, probe=admission.probe)
     assert breaker.state == "open"
     time.sleep(0.08)
-    assert breaker.acquire() == PROBE
-    breaker.record(True, probe=True)
+    admission = breaker.acquire()
+    assert admission.code == PROBE
+    breaker.record(True, probe=admission.probe)
     snapshot = breaker.snapshot()
     assert (snapshot.state, snapshot.throughput) == ("closed", 0)
     assert [(e.from_state, e.to_state) for e in hook.of_type(BreakerTransition)] == [
@@ -153,11 +155,11 @@ def test_a_lost_probe_frees_itself(store: RedisBreakerStore) -> None:
         breaker.record(False)
     store.flush()
     time.sleep(0.08)
-    assert breaker.acquire() == PROBE
+    assert breaker.acquire().code == PROBE
     with pytest.raises(BrokenCircuitError):
         breaker.acquire()
     time.sleep(0.15)
-    assert breaker.acquire() == PROBE
+    assert breaker.acquire().code == PROBE
 
 
 def test_the_budget_is_shared_through_redis(redis_client: redis.Redis, key_prefix: str) -> None:
@@ -266,12 +268,12 @@ def test_a_connection_the_server_closed_is_replaced_without_deciding_locally(
     redis_client: redis.Redis, store: RedisBreakerStore
 ) -> None:
     breaker = make_breaker(store)
-    assert breaker.acquire() == ADMIT
+    assert breaker.acquire().code == ADMIT
     connection = store._per_thread.connection
     assert connection is not None
     connection.send_command("CLIENT", "ID")
     redis_client.client_kill_filter(_id=connection.read_response())
-    assert breaker.acquire() == ADMIT
+    assert breaker.acquire().code == ADMIT
     assert not store.degraded
 
 
@@ -290,7 +292,7 @@ def test_each_thread_talks_on_its_own_connection_which_ends_with_the_thread(
 
     def admit_many() -> None:
         go.wait()
-        answers.extend(breaker.acquire() for _ in range(300))
+        answers.extend(breaker.acquire().code for _ in range(300))
         done.wait(10)
 
     threads = [threading.Thread(target=admit_many) for _ in range(4)]
@@ -327,16 +329,16 @@ def test_a_forked_child_admits_on_its_own_connection_while_the_parent_does(
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
     breaker = make_breaker(store)
-    assert breaker.acquire() == ADMIT  # the parent's connection exists before the fork
+    assert breaker.acquire().code == ADMIT  # the parent's connection exists before the fork
     pid = os.fork()
     if pid == 0:  # the child: a reply read off the parent's socket would be wrong or missing
         code = 1
         try:
-            answers = {breaker.acquire() for _ in range(500)}
+            answers = {breaker.acquire().code for _ in range(500)}
             code = 0 if answers == {ADMIT} and not store.degraded else 1
         finally:
             os._exit(code)
-    answers = {breaker.acquire() for _ in range(500)}
+    answers = {breaker.acquire().code for _ in range(500)}
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert answers == {ADMIT} and not store.degraded
@@ -401,8 +403,8 @@ def test_a_closed_circuit_starts_closed_locally_when_redis_becomes_unreachable(
     with pytest.raises(BrokenCircuitError):
         breaker.acquire()
     breaker.reset()
-    assert breaker.acquire() == ADMIT
+    assert breaker.acquire().code == ADMIT
     _stop(proc)
-    assert breaker.acquire() == ADMIT  # the reset was the last word: closed, not the isolation before it
+    assert breaker.acquire().code == ADMIT  # the reset was the last word: closed, not the isolation before it
     assert store.degraded and breaker.snapshot().state == "closed"
     store.close()
