@@ -376,6 +376,12 @@ def _service_check(transport: HttpTransport, name: str, base_url: str) -> Callab
     return check
 
 
+def payment_probe_timeout(policies: ResilienceConfig) -> float:
+    """The workers' attempts run on the payment circuit too and may take longer than the API's: a worker's
+    half-open probe must hold the circuit for all of its attempt, or a second probe would start beside it."""
+    return max(policies.dependencies["payment"].attempt_timeout, policies.jobs_payment.attempt_timeout)
+
+
 def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_client: redis.Redis,
                        flags: Any) -> dict[str, Any]:
     # Circuit state and the cache get their own client with short timeouts: a hung Redis must cost
@@ -389,11 +395,8 @@ def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_cli
                               "is_timeout": http_timeout, "retry_after": http_retry_after}
 
     jobs = policies.jobs_payment
-    # The workers' attempts run on the same circuit and may take longer than the API's: a worker's half-open
-    # probe must hold the circuit for all of its attempt, or a second probe would start beside it.
     payment_pipeline = build_pipeline("payment", deps["payment"], hedging=False,
-                                      probe_timeout=max(deps["payment"].attempt_timeout, jobs.attempt_timeout),
-                                      **common)
+                                      probe_timeout=payment_probe_timeout(policies), **common)
     # The workers count on the same `payment` circuit, with their own attempt timeout; the outbox retries.
     job_pipeline: ResiliencePipeline[Any] = ResiliencePipeline(
         "payment", attempt_timeout=jobs.attempt_timeout, total_timeout=jobs.attempt_timeout,

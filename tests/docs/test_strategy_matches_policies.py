@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from app.adapters.db import DB_WAIT_SECONDS
-from app.adapters.dependencies import PaymentClient
+from app.adapters.dependencies import PaymentClient, payment_probe_timeout
 from app.config import Settings
 from app.resilience.backoff import constant_delay, exponential_delay
 from app.resilience.budget import DEFAULT_WINDOW
@@ -118,9 +118,10 @@ def _delay_caps(dep: DependencyConfig) -> list[float]:
     return [shape(n, retry.base_delay, retry.max_delay) for n in range(retry.max_retries)]
 
 
-def _probe_timeout(dep: DependencyConfig) -> float:
+def _probe_timeout(policies: ResilienceConfig) -> float:
     # As the composition root builds it (with an in-process store: only the breaker's spec is read).
-    breaker = build_pipeline("payment", dep, hedging=False).breaker
+    dep = policies.dependencies["payment"]
+    breaker = build_pipeline("payment", dep, hedging=False, probe_timeout=payment_probe_timeout(policies)).breaker
     assert breaker is not None
     return breaker.spec.probe_timeout
 
@@ -142,9 +143,9 @@ def derived_rows(policies: ResilienceConfig) -> Table:
         "payment.attempts_before_dead_letter_max": 2 + payment.retry.max_retries + jobs.max_retries,
         "inventory.attempts_per_lookup_max": (1 + inventory.retry.max_retries) * (1 + hedges),
         "payment.real_time_max": min(payment.total_timeout, api.request_deadline),
-        "payment.circuit.probe_timeout": _probe_timeout(payment),
+        "payment.circuit.probe_timeout": _probe_timeout(policies),
         "jobs.payment.lease": jobs.attempt_timeout + DEFAULT_LEASE_MARGIN,
-        "api.idempotency_claim": api.request_deadline + 1.0,
+        "api.idempotency_claim": api.request_deadline,
         "notification.job.backoff_caps": [
             exponential_delay(n, runner["backoff_base"], runner["backoff_max"])
             for n in range(runner["max_attempts"] - 1)
