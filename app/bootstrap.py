@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, text
 
-from app.config import Settings
+from app.config import Settings, celery_broker_url, redis_py_url
 from app.services.flags import FlagService
 from app.services.idempotency import IdempotencyStore
 from app.services.ordering import OrderPlacement
@@ -59,7 +59,7 @@ def bootstrap(settings: Settings, **overrides: Any) -> Services:
         payment_total_timeout=policies.dependencies["payment"].total_timeout,
     )
     idempotency = IdempotencyStore(engine, lock_for=timedelta(seconds=policies.api.request_deadline))
-    checks = {"database": _database_check(engine), "broker": _redis_check(redis_client)}
+    checks = {"database": _database_check(engine), "broker": _broker_check(settings, redis_client)}
     checks.update(dependencies.get("checks", {}))
     readiness = Readiness(checks)
     fleet = _fleet_collector(engine, dependencies.get("circuits"))
@@ -90,12 +90,43 @@ def _database_check(engine: Engine) -> Any:
     return check
 
 
-def _redis_check(client: redis.Redis) -> Any:
+# A readiness probe must answer well within its own deadline, whatever state the broker is in.
+BROKER_CHECK_TIMEOUT = 0.5
+
+
+def _broker_check(settings: Settings, redis_client: redis.Redis) -> Any:
+    if settings.broker_is_amqp:
+        return _amqp_check(settings.broker_url)
+    if settings.broker is not None and celery_broker_url(settings.broker) != celery_broker_url(settings.redis_url):
+        redis_client = redis.Redis.from_url(
+            redis_py_url(settings.broker), socket_timeout=BROKER_CHECK_TIMEOUT,
+            socket_connect_timeout=BROKER_CHECK_TIMEOUT,
+        )
+
     def check() -> str | None:
         try:
-            client.ping()
+            redis_client.ping()
         except Exception as exc:
             return f"broker unreachable: {type(exc).__name__}"
+        return None
+
+    return check
+
+
+def _amqp_check(url: str) -> Any:
+    from kombu import Connection
+
+    def check() -> str | None:
+        # A fresh connection each time: its handshake is the round trip that proves the broker answers, and
+        # nothing is left open to go stale between probes.
+        connection = Connection(url, connect_timeout=BROKER_CHECK_TIMEOUT, transport_options={
+            "read_timeout": BROKER_CHECK_TIMEOUT, "write_timeout": BROKER_CHECK_TIMEOUT})
+        try:
+            connection.ensure_connection(max_retries=0)
+        except Exception as exc:  # kombu wraps the cause (refused, timed out, access refused)
+            return f"broker unreachable: {type(exc.__cause__ or exc).__name__}"
+        finally:
+            connection.release()
         return None
 
     return check

@@ -105,6 +105,7 @@ def _dead_letters(engine: Any, args: argparse.Namespace, settings: Settings) -> 
         print(f"orderflow: {exc}", file=sys.stderr)
         return 1
     publisher.flush(timeout=1.0)
+    publisher.close()
     _print(replayed.to_dict())
     return 0
 

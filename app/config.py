@@ -19,6 +19,11 @@ def var_dir(env: Mapping[str, str] | None = None) -> Path:
 VAR = var_dir()
 
 
+DEFAULT_PREFIX = "orderflow"
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
+
+
 class SettingsError(ValueError):
     """A setting has a value the service cannot start with; the message names the variable."""
 
@@ -66,12 +71,29 @@ def _admin_token(env: Mapping[str, str]) -> str | None:
     return env.get("ADMIN_TOKEN") or read_admin_token(admin_token_file(env))
 
 
+def _broker(env: Mapping[str, str]) -> str | None:
+    url = env.get("BROKER_URL")
+    if not url:
+        return None
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in AMQP_SCHEMES + REDIS_SCHEMES:
+        raise SettingsError(f"BROKER_URL: unsupported scheme {scheme!r}: use amqp:// (RabbitMQ) or redis:// (Redis)")
+    return url
+
+
+def is_amqp_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in AMQP_SCHEMES
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = f"sqlite:///{VAR / 'orderflow.db'}"
     database_schema: str | None = None
     redis_url: str = f"unix://{VAR / 'redis.sock'}"
-    redis_prefix: str = "orderflow"
+    # BROKER_URL as given; None: the Redis of `redis_url` (see `broker_url`).
+    broker: str | None = None
+    # Names the deployment: its Redis keys start with it, and on RabbitMQ so do its queues (unless default).
+    redis_prefix: str = DEFAULT_PREFIX
     admin_token: str | None = None
     resilience_file: Path = ROOT / "resilience.toml"
     payment_url: str = "http://127.0.0.1:19101"
@@ -93,6 +115,7 @@ class Settings:
             database_url=env.get("DATABASE_URL") or f"sqlite:///{var / 'orderflow.db'}",
             database_schema=env.get("DATABASE_SCHEMA") or None,
             redis_url=env.get("REDIS_URL") or f"unix://{var / 'redis.sock'}",
+            broker=_broker(env),
             redis_prefix=env.get("ORDERFLOW_REDIS_PREFIX") or defaults.redis_prefix,
             admin_token=_admin_token(env),
             resilience_file=Path(env.get("RESILIENCE_FILE") or defaults.resilience_file),
@@ -108,9 +131,25 @@ class Settings:
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker, in kombu's spelling: BROKER_URL, else the Redis of REDIS_URL."""
+        return celery_broker_url(self.broker or self.redis_url)
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return is_amqp_url(self.broker_url)
+
 
 def celery_broker_url(redis_url: str) -> str:
     """Kombu spells a Redis unix socket `redis+socket://`; redis-py spells it `unix://`."""
     if redis_url.startswith("unix://"):
         return "redis+socket://" + redis_url[len("unix://"):]
     return redis_url
+
+
+def redis_py_url(url: str) -> str:
+    """The inverse of `celery_broker_url`."""
+    if url.startswith("redis+socket://"):
+        return "unix://" + url[len("redis+socket://"):]
+    return url

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kombu.utils.url import maybe_sanitize_url
+
 from app.config import ROOT, Settings, SettingsError, admin_token_file, read_admin_token, var_dir
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
@@ -250,6 +252,7 @@ class Supervisor:
         self.log(f"metrics         http://127.0.0.1:{settings.api_port}/metrics and "
                  f"http://127.0.0.1:{settings.worker_metrics_port}/metrics")
         self.log(f"chaos proxy API http://127.0.0.1:{settings.chaos_port}/proxies")
+        self.log(f"Celery broker   {maybe_sanitize_url(settings.broker_url)}")
         for kind, sim, proxy in zip(DEPENDENCIES, sims, proxies, strict=True):
             self.log(f"{kind + ' sim':<15} http://127.0.0.1:{sim} (the app calls it through the proxy :{proxy})")
 

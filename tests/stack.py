@@ -14,7 +14,9 @@ from typing import Any
 
 import requests
 
+from app.config import Settings
 from bench.stack import free_ports
+from tests.broker import drop_queues, require_reachable
 from tests.support import DatabaseHandle, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +149,7 @@ def running_stack(tmp: Path, *, extra_env: dict[str, str] | None = None, policie
             policy_file.write_text(policies)
             env["RESILIENCE_FILE"] = str(policy_file)
         env.update(extra_env or {})
+        require_reachable(env.get("BROKER_URL"))
         log = tmp / "make-run.log"
         out = cleanup.enter_context(open(log, "wb"))
         process = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=out,
@@ -158,6 +161,8 @@ def running_stack(tmp: Path, *, extra_env: dict[str, str] | None = None, policie
                                                                     sims, strict=True)},
             admin_token="e2e-admin-token", var=var, log=log, database=db,
         )
+        # Runs on leaving the ExitStack, after the stop below: once the workers are gone.
+        cleanup.callback(drop_queues, Settings.from_env(env))
         try:
             _wait_ready(stack, ready_timeout)
             yield stack

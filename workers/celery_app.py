@@ -8,10 +8,12 @@ import logging
 from typing import Any
 
 from celery import Celery
+from celery.worker import consumer as celery_consumer
+from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from app.config import Settings, celery_broker_url
+from app.config import DEFAULT_PREFIX, Settings
 
 PROCESS_PAYMENT = "orderflow.process_payment"
 SEND_NOTIFICATION = "orderflow.send_notification"
@@ -26,10 +28,40 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.0, "interval_step"
 PUBLISH_SOCKET_TIMEOUT = 0.5
 
 
-def celery_config(settings: Settings, *, role: str = "worker") -> dict[str, Any]:
-    """`role="publisher"`: the API's and CLI's app, which only sends and must never block for long."""
-    publisher = role == "publisher"
-    transport: dict[str, Any] = {
+def queue_prefix(settings: Settings) -> str:
+    """What a deployment's queue names start with on RabbitMQ.
+
+    On Redis every key of a deployment carries its prefix (`global_keyprefix`). RabbitMQ's unit of isolation
+    would be a vhost, but the stock `guest` user may use only `/`, so there the queue names carry the
+    deployment's ORDERFLOW_REDIS_PREFIX instead: stacks sharing a vhost (parallel tests, several deployments)
+    never consume each other's messages. The default deployment keeps the plain names `payments`,
+    `notifications`, `dead_letter`.
+    """
+    if not settings.broker_is_amqp or settings.redis_prefix == DEFAULT_PREFIX:
+        return ""
+    return f"{settings.redis_prefix}."
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The three queues, declared explicitly. Each is known to Celery by its plain name (`-Q payments`, the
+    routes, the publisher), an alias when the broker name carries the deployment's prefix.
+
+    On RabbitMQ they are durable quorum queues: replicated where the cluster has several nodes, and safe
+    across a broker restart (messages are persistent by Celery's default). Quorum queues must be durable,
+    not exclusive and not auto-deleted."""
+    prefix = queue_prefix(settings)
+    arguments = {"x-queue-type": "quorum"} if settings.broker_is_amqp else None
+    queues = []
+    for name in QUEUES.values():
+        wire = prefix + name
+        queues.append(Queue(wire, Exchange(wire, type="direct", durable=True), routing_key=wire, durable=True,
+                            exclusive=False, auto_delete=False, queue_arguments=arguments,
+                            alias=name if wire != name else None))
+    return queues
+
+
+def _redis_transport(settings: Settings, *, publisher: bool) -> dict[str, Any]:
+    return {
         # One key prefix per deployment (and per test), so stacks sharing a Redis never see each other's queues.
         "global_keyprefix": f"{settings.redis_prefix}:",
         "socket_connect_timeout": PUBLISH_SOCKET_TIMEOUT if publisher else 2.0,
@@ -38,14 +70,31 @@ def celery_config(settings: Settings, *, role: str = "worker") -> dict[str, Any]
         # Redelivery of unacknowledged messages is only a second safety net (the job's lease is the first),
         # so it need not be fast; it must only exceed any job's run time.
         "visibility_timeout": 600,
-        # A dead broker must surface as an error to the publisher, not as kombu's own retry loop.
-        "max_retries": 1,
-        "interval_start": 0,
-        "interval_step": 0.1,
-        "interval_max": 0.1,
     }
-    return {
-        "broker_url": celery_broker_url(settings.redis_url),
+
+
+def _amqp_transport(*, publisher: bool) -> dict[str, Any]:
+    transport: dict[str, Any] = {
+        # A publish returns only once RabbitMQ has taken the message (persisted on a quorum of nodes); a
+        # message it nacks raises, so the relay keeps the job for its next pass.
+        "confirm_publish": True,
+    }
+    if publisher:
+        # Reads and writes of the publisher's socket give up as fast as its connect: a broker that accepts
+        # the connection and then stalls must not hold an API thread or the relay.
+        transport.update(read_timeout=PUBLISH_SOCKET_TIMEOUT, write_timeout=PUBLISH_SOCKET_TIMEOUT)
+    return transport
+
+
+def celery_config(settings: Settings, *, role: str = "worker") -> dict[str, Any]:
+    """`role="publisher"`: the API's and CLI's app, which only sends and must never block for long."""
+    publisher = role == "publisher"
+    amqp = settings.broker_is_amqp
+    transport = _amqp_transport(publisher=publisher) if amqp else _redis_transport(settings, publisher=publisher)
+    # A dead broker must surface as an error to the publisher, not as kombu's own retry loop.
+    transport.update(max_retries=1, interval_start=0, interval_step=0.1, interval_max=0.1)
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
         "broker_transport_options": transport,
         # Workers retry the broker on start-up as they do later: the supervisor may start them first.
         "broker_connection_retry_on_startup": True,
@@ -73,12 +122,37 @@ def celery_config(settings: Settings, *, role: str = "worker") -> dict[str, Any]
         # inside its event loop and the worker stops): cancel it instead. Its job is leased in the database,
         # so the relay hands it out again, and the derived payment key makes the rerun charge nothing new.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": task_queues(settings),
         "task_routes": {name: {"queue": queue} for name, queue in QUEUES.items()},
         "task_default_queue": "payments",
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
         "broker_pool_limit": 10,
     }
+    if amqp:
+        config.update({
+            # Quorum queues refuse a consumer on a channel with global QoS: Celery sees the queues' type in
+            # `task_queues` and sets the prefetch per consumer (the default, spelled out because it matters).
+            # Each queue then holds back at most one message per pool process for this worker.
+            "worker_detect_quorum_queues": True,
+            # A broker that vanishes without closing the connection is noticed within a minute, not
+            # Celery's default four; a restart closes the connection and is noticed at once.
+            "broker_heartbeat": 30,
+            "worker_consumer": "workers.celery_app:Consumer",
+        })
+    return config
+
+
+class Consumer(celery_consumer.Consumer):  # type: ignore[misc]
+    """Celery's consumer without native delayed delivery, which Celery adds whenever it sees quorum queues.
+
+    That step serves countdown and ETA tasks, which OrderFlow never sends (the outbox decides when a job is
+    due): it would only declare 28 delay queues on the broker and warn, on every start, that our direct
+    exchanges cannot carry ETA tasks."""
+
+    class Blueprint(celery_consumer.Consumer.Blueprint):  # type: ignore[misc]
+        default_steps = [step for step in celery_consumer.Consumer.Blueprint.default_steps
+                         if not step.endswith(":DelayedDelivery")]
 
 
 def make_celery(settings: Settings | None = None, *, role: str = "worker") -> Celery:
@@ -134,4 +208,5 @@ class BrokerLossTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
             super().reject(delivery_tag, requeue=requeue)
 
 
-__all__ = ["DEAD_LETTER", "PROCESS_PAYMENT", "QUEUES", "SEND_NOTIFICATION", "celery_config", "make_celery"]
+__all__ = ["DEAD_LETTER", "PROCESS_PAYMENT", "QUEUES", "SEND_NOTIFICATION", "celery_config", "make_celery",
+           "queue_prefix", "task_queues"]

@@ -73,8 +73,12 @@ class CeleryPublisher:
     def waiting(self, queue_name: str) -> int | None:
         """Messages waiting in a broker queue (not yet taken by a worker); None when the broker cannot say."""
         try:
-            with self._celery().pool.acquire(block=True, timeout=1.0) as connection:
-                return int(connection.default_channel.queue_declare(queue=queue_name).message_count)
+            app = self._celery()
+            # Declared as the workers declare it (its broker name, durable, its type): RabbitMQ refuses a
+            # declaration that differs from the queue's, and this one creates it if no worker did yet.
+            queue = app.amqp.queues[queue_name]
+            with app.pool.acquire(block=True, timeout=1.0) as connection:
+                return int(queue.bind(connection.default_channel).queue_declare().message_count)
         except Exception:
             log.debug("queue length unknown", exc_info=True)
             return None
@@ -88,6 +92,11 @@ class CeleryPublisher:
             time.sleep(0.01)
         return self._queue.unfinished_tasks == 0
 
+    def close(self) -> None:
+        """Close the broker connections (RabbitMQ logs a connection dropped without a goodbye as an error)."""
+        if self._app is not None:
+            self._app.close()
+
     # --- internals ------------------------------------------------------------------------------------
 
     def _celery(self) -> Any:
@@ -100,9 +109,11 @@ class CeleryPublisher:
         return self._app
 
     def _send(self, task: str, args: list[Any]) -> None:
-        from workers.celery_app import PUBLISH_RETRY_POLICY
+        from workers.celery_app import PUBLISH_RETRY_POLICY, PUBLISH_SOCKET_TIMEOUT
 
-        self._celery().send_task(task, args=args, queue=QUEUES[task], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+        # `confirm_timeout` bounds the wait for RabbitMQ's publisher confirm (Redis has none).
+        self._celery().send_task(task, args=args, queue=QUEUES[task], retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+                                 confirm_timeout=PUBLISH_SOCKET_TIMEOUT)
 
     def _hint(self, task: str, args: list[Any]) -> None:
         try:

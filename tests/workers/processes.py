@@ -1,4 +1,4 @@
-"""A real Celery worker process over a test's own database, Redis prefix and simulators."""
+"""A real Celery worker process over a test's own database, Redis prefix, broker queues and simulators."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from app.config import ROOT, Settings
 from app.domain import Order
 from app.services.ordering import PlaceOrder, get_order
 from simulators import SimulatorServer, serve
+from tests.broker import drop_queues
 from tests.support import DatabaseHandle
 
 # Fast job policy: sub-second backoff, short attempts; a circuit that does not open on a handful of test
@@ -76,6 +77,8 @@ class WorkerStack:
     payment: SimulatorServer
     notification: SimulatorServer
     inventory: SimulatorServer
+    # None: the broker is the Redis of `redis_url`.
+    broker_url: str | None = None
     metrics_port: int = field(default_factory=free_port)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _services: Services | None = None
@@ -85,6 +88,9 @@ class WorkerStack:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("REDIS_URL", None)
+        env.pop("BROKER_URL", None)
+        if self.broker_url is not None:
+            env["BROKER_URL"] = self.broker_url
         env.update(self.database.env())
         env.update({
             "REDIS_URL": self.redis_url,
@@ -178,6 +184,8 @@ class WorkerStack:
         self.kill_workers()
         if self._services is not None:
             self._services.engine.dispose()
+            self._services.extra["publisher"].close()
+        drop_queues(Settings.from_env(self.env))
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str,
@@ -191,15 +199,73 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str,
 
 
 @contextmanager
-def worker_stack(tmp: Path, database: DatabaseHandle, redis_url: str, prefix: str) -> Iterator[WorkerStack]:
+def worker_stack(tmp: Path, database: DatabaseHandle, redis_url: str, prefix: str, *,
+                 broker_url: str | None = None) -> Iterator[WorkerStack]:
     (tmp / "resilience.toml").write_text(POLICY)
     (tmp / "metrics").mkdir()
     payment, notification, inventory = serve("payment"), serve("notification"), serve("inventory")
     simulators = [payment, notification, inventory]
-    stack = WorkerStack(tmp, database, redis_url, prefix, payment, notification, inventory)
+    stack = WorkerStack(tmp, database, redis_url, prefix, payment, notification, inventory, broker_url)
     try:
         yield stack
     finally:
         stack.close()
         for simulator in simulators:
             simulator.shutdown()
+
+
+@dataclass
+class Broker:
+    """A broker a test can take away and bring back; `redis_url` and `broker_url` are what the stack uses."""
+
+    redis_url: str
+    broker_url: str | None
+    stop: Callable[[], None]
+    restart: Callable[[], None]
+
+
+@contextmanager
+def broker_that_can_fail(tmp: Path, redis_url: str, rabbitmq_url: str | None) -> Iterator[Broker]:
+    """Without `rabbitmq_url`: an embedded Redis of the test's own (it also holds the caches and circuit
+    state), killed and started again. With it: RabbitMQ behind a chaos proxy, disabled (open connections
+    dropped, new ones refused) and enabled again; the machine's RabbitMQ is shared, so it is never stopped."""
+    if rabbitmq_url is None:
+        from tests.conftest import _embedded_redis
+
+        broker_dir = tmp / "broker"
+        broker_dir.mkdir()
+        first, url = _embedded_redis(broker_dir)
+        procs = [first]
+
+        def stop() -> None:
+            procs[-1].terminate()
+            procs[-1].wait(timeout=5)
+
+        def restart() -> None:
+            procs.append(_embedded_redis(broker_dir)[0])
+
+        try:
+            yield Broker(url, None, stop, restart)
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait(timeout=5)
+        return
+
+    from urllib.parse import urlsplit
+
+    from chaosproxy.client import ToxiproxyClient
+    from chaosproxy.server import start
+
+    upstream = urlsplit(rabbitmq_url)
+    server = start()
+    try:
+        with ToxiproxyClient(server.url) as chaos:
+            proxy = chaos.create_proxy("rabbitmq", "127.0.0.1:0", f"{upstream.hostname}:{upstream.port or 5672}")
+            port = int(str(proxy["listen"]).rsplit(":", 1)[1])
+            userinfo = upstream.netloc.rpartition("@")[0]
+            netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+            yield Broker(redis_url, upstream._replace(netloc=netloc).geturl(), lambda: chaos.disable("rabbitmq"),
+                         lambda: chaos.enable("rabbitmq"))
+    finally:
+        server.shutdown()

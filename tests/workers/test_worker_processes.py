@@ -1,5 +1,6 @@
 """Real `celery worker` processes against real Redis and the payment simulator: the outbox path end to end,
-including workers killed mid-job and a broker that is down when orders arrive."""
+including workers killed mid-job and a broker that is down when orders arrive. The broker is the one the
+environment names (BROKER_URL, else the Redis of REDIS_URL): CI runs this file on Redis and on RabbitMQ."""
 
 from __future__ import annotations
 
@@ -13,17 +14,28 @@ from pathlib import Path
 import pytest
 import requests
 
+from app.config import is_amqp_url
 from app.services import dead_letters
-from tests.conftest import _embedded_redis
+from tests.broker import environment_broker, rabbitmq_url
 from tests.support import fresh_database
-from tests.workers.processes import MAX_RETRIES, WorkerStack, children_of, wait_until, worker_stack
+from tests.workers.processes import (
+    MAX_RETRIES,
+    WorkerStack,
+    broker_that_can_fail,
+    children_of,
+    wait_until,
+    worker_stack,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
 def stack(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[WorkerStack]:
-    with fresh_database() as database, worker_stack(tmp_path, database, redis_url, key_prefix) as running:
+    with (
+        fresh_database() as database,
+        worker_stack(tmp_path, database, redis_url, key_prefix, broker_url=environment_broker()) as running,
+    ):
         yield running
 
 
@@ -126,37 +138,36 @@ def test_worker_main_process_killed_mid_job_is_recovered_by_the_next_worker(stac
 
 
 def test_orders_placed_while_the_broker_is_down_are_processed_when_it_returns(
-    tmp_path: Path, key_prefix: str
+    tmp_path: Path, redis_url: str, key_prefix: str
 ) -> None:
-    broker_dir = tmp_path / "broker"
-    broker_dir.mkdir()
-    redis_proc, redis_url = _embedded_redis(broker_dir)
-    try:
-        with fresh_database() as database, worker_stack(tmp_path, database, redis_url, key_prefix) as stack:
-            worker = stack.start_worker()
-            stack.set_flag("RealTimePayments", False)
-            # A job in flight when the broker goes away: its message can be neither acknowledged nor
-            # put back, and the worker must live through that.
-            stack.faults(latency_ms=1000)
-            in_flight = stack.place()
-            wait_until(lambda: _running_jobs(stack, [in_flight.id]) == 1, timeout=10, what="a running job")
-            redis_proc.terminate()
-            redis_proc.wait(timeout=5)
-            started = time.monotonic()
-            orders = [stack.place() for _ in range(3)]
-            assert time.monotonic() - started < 3 * 0.6
-            assert all(o.status == "PaymentPending" for o in orders)
-            stack.faults()
-            time.sleep(0.5)
-            redis_proc, _ = _embedded_redis(broker_dir)
-            ids = [in_flight.id] + [o.id for o in orders]
-            stack.wait_for_status(ids, "Confirmed", timeout=40)
-            assert worker.poll() is None, stack.log_summary()
-            for order_id in ids:
-                assert len(stack.captures(order_id)) == 1
-    finally:
-        redis_proc.kill()
-        redis_proc.wait(timeout=5)
+    """On the environment's broker kind: an embedded Redis killed and restarted, or RabbitMQ cut off."""
+    broker_url = environment_broker()
+    rabbitmq = rabbitmq_url() if broker_url is not None and is_amqp_url(broker_url) else None
+    with (
+        broker_that_can_fail(tmp_path, redis_url, rabbitmq) as broker,
+        fresh_database() as database,
+        worker_stack(tmp_path, database, broker.redis_url, key_prefix, broker_url=broker.broker_url) as stack,
+    ):
+        worker = stack.start_worker()
+        stack.set_flag("RealTimePayments", False)
+        # A job in flight when the broker goes away: its message can be neither acknowledged nor
+        # put back, and the worker must live through that.
+        stack.faults(latency_ms=1000)
+        in_flight = stack.place()
+        wait_until(lambda: _running_jobs(stack, [in_flight.id]) == 1, timeout=10, what="a running job")
+        broker.stop()
+        started = time.monotonic()
+        orders = [stack.place() for _ in range(3)]
+        assert time.monotonic() - started < 3 * 0.6
+        assert all(o.status == "PaymentPending" for o in orders)
+        stack.faults()
+        time.sleep(0.5)
+        broker.restart()
+        ids = [in_flight.id] + [o.id for o in orders]
+        stack.wait_for_status(ids, "Confirmed", timeout=40)
+        assert worker.poll() is None, stack.log_summary()
+        for order_id in ids:
+            assert len(stack.captures(order_id)) == 1
 
 
 def test_forty_concurrent_orders_are_each_confirmed_once(stack: WorkerStack) -> None:
