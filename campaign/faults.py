@@ -20,6 +20,7 @@ from .redis_server import RedisServer
 from .schedule import DEPENDENCIES, FLAGS, Fault
 
 HTTP_TIMEOUT = 5.0
+ADMIN_PATIENCE = 6.0
 
 
 @dataclass
@@ -196,15 +197,25 @@ class Injector:
 
     def circuits(self) -> list[dict[str, Any]] | None:
         try:
-            return list(self._admin("GET", "/admin/circuits")["circuits"])
+            return list(self._admin("GET", "/admin/circuits", patience=0)["circuits"])
         except Exception:
             return None
 
-    def _admin(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(method, f"{self.stack.api}{path}", json=body, headers=self.admin_headers,
-                                    timeout=HTTP_TIMEOUT)
-        response.raise_for_status()
-        return response.json()
+    def _admin(self, method: str, path: str, body: Any = None, *, patience: float = ADMIN_PATIENCE) -> Any:
+        """An admin call, tried again for a few seconds while it answers 503 or not at all: an operator flipping
+        a flag while the database is locked (or an API process restarts) tries again too."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                response = requests.request(method, f"{self.stack.api}{path}", json=body,
+                                            headers=self.admin_headers, timeout=HTTP_TIMEOUT)
+                if response.status_code != 503 or time.monotonic() > deadline:
+                    response.raise_for_status()
+                    return response.json()
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
 
     def close(self) -> None:
         for held in list(self._held.values()):

@@ -149,4 +149,4 @@ def to_json(result: Result) -> dict[str, Any]:
 
 def write_json(result: Result, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_json(result), indent=1, default=str))
+    path.write_text(json.dumps(to_json(result), default=str))
