@@ -95,7 +95,7 @@ def run(options: Options, *, on_result: Callable[[Result], None]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     database = "postgresql" if options.database_url and not options.database_url.startswith("sqlite") else "sqlite"
     schedule = make_schedule(options.seed, options.duration, database=database)
-    run_dir = ROOT / "var" / "campaign" / str(options.seed)
+    run_dir = ROOT / "var" / "campaign" / f"{options.seed}-{database}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     policy_file = run_dir / "resilience.toml"
@@ -164,6 +164,7 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
 
     clients.start()
     stack_died = _run_schedule(schedule, injector, clock, options.duration, history, stack, clients)
+    still_moving = ""
     clients.stop_new.set()
     phase[0] = "settle"
     if stack_died is None:
@@ -171,7 +172,7 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
         result.unhealed = injector.heal_everything()
         for problem in result.unhealed:
             say(f"  could not heal: {problem}")
-        result.settled_after = _settle(stack, injector, engine, clients, clock, options.settle)
+        result.settled_after, still_moving = _settle(stack, injector, engine, clients, clock, options.settle)
     abort.set()
     clients.join(timeout=request_deadline + 10)
 
@@ -186,7 +187,8 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
         result.violations.insert(0, Violation("stack-up", "supervisor", stack_died))
     if result.settled_after is None and stack_died is None:
         result.violations.insert(0, Violation("settled", "settle bound",
-                                              f"still moving after the settle bound of {options.settle:g} s"))
+                                              f"still moving after the settle bound of {options.settle:g} s: "
+                                              f"{still_moving}"))
     on_result(result)
     return 1 if result.violations else 0
 
@@ -272,10 +274,10 @@ def _progress(now: float, injector: Injector, history: History, clients: _Client
 
 
 def _settle(stack: BenchStack, injector: Injector, engine: Any, clients: _Clients, clock: _Clock,
-            bound: float) -> float | None:
+            bound: float) -> tuple[float | None, str]:
     """Light traffic (an order and an inventory read every 2 s or so, so open circuits get probes) until
     nothing moves: every client done, no order pending, no payment job open, every circuit closed. Returns
-    how long that took, or None when the bound ran out first."""
+    how long that took (None when the bound ran out first) and what was still moving then."""
     started = clock()
     clients.light.start()
     quiet = 0
@@ -301,13 +303,14 @@ def _settle(stack: BenchStack, injector: Injector, engine: Any, clients: _Client
             clients.stop_light.set()  # the light client finishes its current order, then stops
             if quiet >= QUIET_CHECKS and not clients.light.is_alive():
                 say(f"[{clock():6.1f} s] settled after {clock() - started:.1f} s: {moving}")
-                return clock() - started
+                return clock() - started, ""
         if int(clock() - started) % 5 == 0:
             say(f"[{clock():6.1f} s] settling: clients busy {clients.busy()}, {moving}, "
                 f"circuits not closed: {open_circuits or ('unreadable' if circuits is None else 'none')}")
         time.sleep(1.0)
     say(f"[{clock():6.1f} s] the settle bound ({bound:g} s) ran out with things still moving")
-    return None
+    return None, (f"clients busy {clients.busy()}, {moving}, circuits not closed: "
+                  f"{open_circuits or ('unreadable' if circuits is None else 'none')}")
 
 
 def _ledger(stack: BenchStack) -> list[dict[str, Any]]:
