@@ -104,12 +104,6 @@ class History:
         with self._lock:
             return list(self.intents.values()), list(self.attempts)
 
-    def by_key(self) -> dict[str, list[Attempt]]:
-        grouped: dict[str, list[Attempt]] = {}
-        for attempt in self.snapshot()[1]:
-            grouped.setdefault(attempt.key, []).append(attempt)
-        return grouped
-
     def to_json(self) -> dict[str, Any]:
         intents, attempts = self.snapshot()
         return {

@@ -17,7 +17,6 @@ class RedisServer:
         self.workdir = workdir
         self.port = free_ports(1)[0]
         self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -48,9 +47,3 @@ class RedisServer:
         if self.process is not None:
             stop_process(self.process, grace=5)
             self.process = None
-
-    def restart_after(self, down: float) -> None:
-        self.stop()
-        time.sleep(down)
-        self.start()
-        self.restarts += 1

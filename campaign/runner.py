@@ -134,10 +134,14 @@ def _header(options: Options, database: str, schedule: tuple[Fault, ...], policy
 
 def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, policy_file: Path,
               request_deadline: float, resources: ExitStack, on_result: Callable[[Result], None]) -> int:
-    db: Database = resources.enter_context(campaign_database(options.database_url, run_dir))
     redis_server = RedisServer(run_dir / "redis")
     resources.callback(redis_server.stop)
-    redis_server.start()
+    try:
+        db: Database = resources.enter_context(campaign_database(options.database_url, run_dir))
+        redis_server.start()
+    except Exception as exc:  # no database or no Redis: nothing to run the stack on
+        say(f"the stack cannot start: {type(exc).__name__}: {exc}")
+        return 2
     application_name = f"orderflow-campaign-{options.seed}"[:63]
     say(f"starting the stack ({db.note}; redis {redis_server.url}) ...")
     try:
