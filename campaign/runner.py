@@ -180,6 +180,11 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
     abort.set()
     clients.join(timeout=request_deadline + 10)
 
+    if stack_died is not None:
+        # Nothing to check against: the simulators (and their ledger) went down with the stack.
+        result.violations = [Violation("stack-up", "supervisor", stack_died)]
+        on_result(result)
+        return 1
     say(f"[{clock():6.1f} s] checking ...")
     result.snapshot = read_snapshot(engine)
     result.ledger = _ledger(stack)
@@ -187,9 +192,7 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
     intents, attempts = history.snapshot()
     result.violations = check(intents=intents, attempts=attempts, snapshot=result.snapshot, ledger=result.ledger,
                               circuits=result.circuits, request_deadline=request_deadline)
-    if stack_died is not None:
-        result.violations.insert(0, Violation("stack-up", "supervisor", stack_died))
-    if result.settled_after is None and stack_died is None:
+    if result.settled_after is None:
         result.violations.insert(0, Violation("settled", "settle bound",
                                               f"still moving after the settle bound of {options.settle:g} s: "
                                               f"{still_moving}"))
