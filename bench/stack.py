@@ -173,7 +173,9 @@ class BenchStack:
             os.killpg(main, signal.SIGCONT)
 
 
-def stack_env(db: Database, redis_target: RedisTarget, var: Path) -> tuple[dict[str, str], dict[str, int]]:
+def stack_env(
+    db: Database, redis_target: RedisTarget, var: Path, extra_env: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, int]]:
     api, chaos, metrics, *rest = free_ports(9)
     ports = {
         "api": api,
@@ -212,17 +214,23 @@ def stack_env(db: Database, redis_target: RedisTarget, var: Path) -> tuple[dict[
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(extra_env or {})
     return env, ports
 
 
 @contextmanager
 def running_stack(
-    db: Database, redis_target: RedisTarget, var: Path, *, ready_timeout: float = 90.0
+    db: Database,
+    redis_target: RedisTarget,
+    var: Path,
+    *,
+    ready_timeout: float = 90.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[BenchStack]:
     """`make run`'s supervisor (what `make run` execs), started in a session of its own and stopped by
-    SIGTERM, which stops every process it started."""
+    SIGTERM, which stops every process it started. `extra_env` (a policy file, say) goes to every process."""
     var.mkdir(parents=True, exist_ok=True)
-    env, ports = stack_env(db, redis_target, var)
+    env, ports = stack_env(db, redis_target, var, extra_env)
     log = var / "stack.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(

@@ -1,0 +1,243 @@
+"""The invariants, checked after every fault has healed and the stack has settled.
+
+`check` is a pure function of what the run left behind: the history (intents and every answer), a snapshot
+of the database, the payment simulator's ledger and the circuits as the admin API shows them. Each
+violation carries the slice of evidence that shows it: the key's requests and answers, the order rows, the
+ledger entries, the jobs and dead letters of those orders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .history import Attempt, Intent
+from .snapshot import OrderRow, Snapshot, row_json
+
+INVARIANTS: dict[str, str] = {
+    "one-key-one-order": "1. one key: at most one order and one capture; every answer names that order",
+    "told-orders-exist": "2. every order a client was told about exists in the database",
+    "payment-outcome": "3. Confirmed with exactly one capture, or PaymentFailed with none; no charge without order",
+    "no-500": "4. no HTTP 500",
+    "settled": "5. every circuit closed; no payment job pending or running past its lease",
+    "dead-letters": "6. unreplayed dead letters match the orders given up (retries_exhausted, rejected)",
+    "time-bound": "no POST /api/orders longer than api.request_deadline + 1 s",
+}
+GIVEN_UP = ("retries_exhausted", "rejected")
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    subject: str  # the Idempotency-Key, order id, capture id or circuit it is about
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "subject": self.subject, "message": self.message,
+                "evidence": self.evidence}
+
+
+class _Run:
+    """The inputs, indexed the ways the checks look them up."""
+
+    def __init__(self, intents: Iterable[Intent], attempts: Iterable[Attempt], snapshot: Snapshot,
+                 ledger: Sequence[dict[str, Any]]) -> None:
+        self.intents = {i.key: i for i in intents}
+        self.snapshot = snapshot
+        self.ledger = list(ledger)
+        self.attempts: dict[str, list[Attempt]] = {}
+        for attempt in sorted(attempts, key=lambda a: a.sent):
+            self.attempts.setdefault(attempt.key, []).append(attempt)
+        key_of_signature = {i.signature: i.key for i in self.intents.values()}
+        self.orders_of: dict[str, list[OrderRow]] = {}
+        self.key_of: dict[str, str] = {}
+        self.orphans: list[OrderRow] = []
+        for order in sorted(snapshot.orders.values(), key=lambda o: (o.created_at is None, o.created_at)):
+            key = key_of_signature.get(order.signature)
+            if key is None:
+                self.orphans.append(order)
+            else:
+                self.orders_of.setdefault(key, []).append(order)
+                self.key_of[order.id] = key
+        self.captures: dict[str, list[dict[str, Any]]] = {}
+        for entry in self.ledger:
+            self.captures.setdefault(str(entry.get("order_id")), []).append(entry)
+        self.dead_letters: dict[str, list[Any]] = {}
+        for dead in snapshot.dead_letters:
+            self.dead_letters.setdefault(dead.order_id, []).append(dead)
+        self.jobs = {job.order_id: job for job in snapshot.jobs}
+
+    def evidence(self, *, key: str | None = None, order_ids: Iterable[str] = (),
+                 **extra: Any) -> dict[str, Any]:
+        ids = list(dict.fromkeys(order_ids))
+        if key is None:
+            key = next((self.key_of[i] for i in ids if i in self.key_of), None)
+        if key is not None:
+            ids = list(dict.fromkeys([*ids, *(o.id for o in self.orders_of.get(key, []))]))
+        intent = self.intents.get(key) if key else None
+        found = [self.snapshot.orders[i] for i in ids if i in self.snapshot.orders]
+        return {
+            "key": key,
+            "intent": intent.body if intent else None,
+            "attempts": [a.to_json() for a in self.attempts.get(key, [])] if key else [],
+            "orders": [row_json(o) for o in found],
+            "ledger": [entry for i in ids for entry in self.captures.get(i, [])],
+            "jobs": [row_json(self.jobs[i]) for i in ids if i in self.jobs],
+            "dead_letters": [row_json(d) for i in ids for d in self.dead_letters.get(i, [])],
+            **extra,
+        }
+
+
+def check(
+    *,
+    intents: Iterable[Intent],
+    attempts: Iterable[Attempt],
+    snapshot: Snapshot,
+    ledger: Sequence[dict[str, Any]],
+    circuits: Sequence[dict[str, Any]] | None,
+    request_deadline: float,
+) -> list[Violation]:
+    """Every violation of the invariants (`INVARIANTS`) the evidence shows; none for a clean run."""
+    run = _Run(intents, attempts, snapshot, ledger)
+    return [
+        *_one_key_one_order(run, request_deadline),
+        *_told_orders_exist(run),
+        *_payment_outcome(run),
+        *_no_500(run),
+        *_settled(run, circuits),
+        *_dead_letters(run),
+        *_time_bound(run, request_deadline + 1.0),
+    ]
+
+
+def _one_key_one_order(run: _Run, request_deadline: float) -> Iterator[Violation]:
+    for key in sorted(run.intents):
+        orders = run.orders_of.get(key, [])
+        mine = {o.id for o in orders}
+        attempts = run.attempts.get(key, [])
+        problems = []
+        if len(orders) > 1:
+            problems.append(f"{len(orders)} orders stored for one key")
+        captures = sum(len(run.captures.get(o.id, [])) for o in orders)
+        if captures > 1:
+            problems.append(f"{captures} captures for one key")
+        named = set().union(*(a.named_orders() for a in attempts)) if attempts else set()
+        if len(named) > 1:
+            problems.append(f"answers name {len(named)} different orders: {sorted(named)}")
+        strangers = sorted(n for n in named - mine if n in run.snapshot.orders)
+        if strangers:
+            problems.append(f"answers name orders of other intents: {strangers}")
+        if orders and any(a.status == 422 for a in attempts):
+            problems.append("answered 422 (no order) although an order was stored for the key")
+        for attempt in _nothing_changed_after_commit(attempts, orders, request_deadline):
+            problems.append(f"attempt {attempt.attempt} answered 503 naming no order after its order "
+                            f"{orders[0].id} was stored")
+        if problems:
+            yield Violation("one-key-one-order", key, "; ".join(problems),
+                            run.evidence(key=key, order_ids=[*mine, *named]))
+    for order in run.orphans:
+        yield Violation("one-key-one-order", order.id, "an order that matches no client's intent",
+                        run.evidence(order_ids=[order.id]))
+
+
+def _nothing_changed_after_commit(attempts: list[Attempt], orders: list[OrderRow],
+                                  request_deadline: float) -> Iterator[Attempt]:
+    """503s that name no order, sent by the request that stored the key's order: it says nothing was changed
+    while an order row was committed. A 503 while an earlier request of the key could still be running
+    (it timed out on the client's side) proves nothing of the kind, and is skipped."""
+    stored = [o.created_at.timestamp() for o in orders if o.created_at is not None]
+    for attempt in attempts:
+        if attempt.status != 503 or attempt.named_orders():
+            continue
+        if not any(attempt.wall <= at <= attempt.answered_wall for at in stored):
+            continue
+        overlapping = [b for b in attempts if b.sent < attempt.sent and b.status is None
+                       and b.answered_wall + request_deadline + 1.0 > attempt.wall]
+        if not overlapping:
+            yield attempt
+
+
+def _told_orders_exist(run: _Run) -> Iterator[Violation]:
+    for key, attempts in sorted(run.attempts.items()):
+        for attempt in attempts:
+            missing = sorted(n for n in attempt.named_orders() if n not in run.snapshot.orders)
+            if missing:
+                yield Violation("told-orders-exist", key,
+                                f"attempt {attempt.attempt} ({attempt.status}) names {missing}, not in the database",
+                                run.evidence(key=key, order_ids=missing))
+                break
+
+
+def _payment_outcome(run: _Run) -> Iterator[Violation]:
+    for order in run.snapshot.orders.values():
+        captures = len(run.captures.get(order.id, []))
+        message = None
+        if order.status == "Confirmed" and captures != 1:
+            message = f"Confirmed with {captures} captures"
+        elif order.status == "PaymentFailed" and captures:
+            message = f"PaymentFailed ({order.failure_reason}) yet charged {captures} time(s)"
+        elif order.status == "PaymentPending":
+            message = f"still PaymentPending after the settle bound ({captures} captures)"
+        elif order.status not in ("Confirmed", "PaymentFailed", "PaymentPending"):
+            message = f"unknown status {order.status!r}"
+        if message:
+            yield Violation("payment-outcome", order.id, message, run.evidence(order_ids=[order.id]))
+    for order_id, entries in sorted(run.captures.items()):
+        if order_id not in run.snapshot.orders:
+            yield Violation("payment-outcome", order_id,
+                            f"{len(entries)} capture(s) for an order the database does not hold",
+                            run.evidence(order_ids=[order_id], ledger=entries))
+
+
+def _no_500(run: _Run) -> Iterator[Violation]:
+    for key, attempts in sorted(run.attempts.items()):
+        failed = [a.attempt for a in attempts if a.status == 500]
+        if failed:
+            yield Violation("no-500", key, f"HTTP 500 on attempt(s) {failed}", run.evidence(key=key))
+
+
+def _settled(run: _Run, circuits: Sequence[dict[str, Any]] | None) -> Iterator[Violation]:
+    if circuits is None:
+        yield Violation("settled", "circuits", "GET /admin/circuits could not be read after the settle bound")
+    for circuit in circuits or []:
+        if circuit.get("state") != "closed":
+            yield Violation("settled", str(circuit.get("name")),
+                            f"circuit {circuit.get('state')} after the settle bound", {"circuit": dict(circuit)})
+    taken = run.snapshot.taken_at
+    for job in run.snapshot.jobs:
+        if job.state == "pending":
+            message = f"payment job still pending (due {job.next_attempt_at}, {job.retries} retries)"
+        elif job.state == "running" and job.lease_until is not None and job.lease_until < taken:
+            message = f"payment job running past its lease ({job.lease_until})"
+        else:
+            continue
+        yield Violation("settled", job.order_id, message, run.evidence(order_ids=[job.order_id]))
+
+
+def _dead_letters(run: _Run) -> Iterator[Violation]:
+    for order in run.snapshot.orders.values():
+        open_letters = [d for d in run.dead_letters.get(order.id, []) if d.replayed_at is None]
+        gave_up = order.status == "PaymentFailed" and order.failure_reason in GIVEN_UP
+        if gave_up and len(open_letters) != 1:
+            message = f"PaymentFailed ({order.failure_reason}) with {len(open_letters)} unreplayed dead letters"
+        elif not gave_up and open_letters:
+            message = f"{order.status} ({order.failure_reason}) has {len(open_letters)} unreplayed dead letter(s)"
+        else:
+            continue
+        yield Violation("dead-letters", order.id, message, run.evidence(order_ids=[order.id]))
+    for order_id, letters in sorted(run.dead_letters.items()):
+        if order_id not in run.snapshot.orders:
+            yield Violation("dead-letters", order_id, f"{len(letters)} dead letter(s) of an order not stored",
+                            run.evidence(order_ids=[order_id]))
+
+
+def _time_bound(run: _Run, bound: float) -> Iterator[Violation]:
+    for key, attempts in sorted(run.attempts.items()):
+        slow = [a for a in attempts if a.elapsed > bound]
+        if slow:
+            worst = max(slow, key=lambda a: a.elapsed)
+            yield Violation("time-bound", key,
+                            f"{len(slow)} request(s) over {bound:g} s, the slowest {worst.elapsed:.2f} s "
+                            f"(attempt {worst.attempt}: {worst.status or worst.error})", run.evidence(key=key))

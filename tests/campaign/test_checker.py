@@ -1,0 +1,202 @@
+"""Each invariant of the campaign's checker, shown able to fail on a small synthetic run, and silent on a clean one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from campaign.checker import INVARIANTS, Violation, check
+from campaign.history import Intent
+from campaign.snapshot import DeadLetterRow, JobRow
+from tests.campaign.synthetic import (
+    DEADLINE,
+    NO_STOCK,
+    T0,
+    VALID,
+    attempt,
+    capture,
+    clean_run,
+    order,
+    with_orders,
+)
+
+
+def found(run: dict[str, Any]) -> list[Violation]:
+    return check(**run)
+
+
+def invariants(run: dict[str, Any]) -> set[str]:
+    return {v.invariant for v in found(run)}
+
+
+def test_a_clean_run_shows_no_violation() -> None:
+    assert found(clean_run()) == []
+
+
+def test_two_orders_for_one_key_break_one_key_one_order() -> None:
+    run = clean_run()
+    run = with_orders(run, order("o9", VALID, "Confirmed", created=0.5))
+    run["ledger"] = [*run["ledger"], capture("o9")]
+    violations = [v for v in found(run) if v.invariant == "one-key-one-order"]
+    assert len(violations) == 1
+    assert violations[0].subject == "k-valid"
+    assert "2 orders" in violations[0].message and "2 captures" in violations[0].message
+    # The slice of history that shows it: the key's requests, both orders and both captures.
+    evidence = violations[0].evidence
+    assert len(evidence["attempts"]) == 3
+    assert {o["id"] for o in evidence["orders"]} == {"o1", "o9"}
+    assert {c["order_id"] for c in evidence["ledger"]} == {"o1", "o9"}
+
+
+def test_answers_naming_two_orders_break_one_key_one_order() -> None:
+    run = clean_run()
+    run = with_orders(run, order("o7", NO_STOCK, "Confirmed"))
+    run["ledger"] = [*run["ledger"], capture("o7")]
+    run["attempts"] = [*run["attempts"], attempt("k-valid", 201, n=3, sent=4.0, body={"id": "o7"})]
+    violations = [v for v in found(run) if v.invariant == "one-key-one-order" and v.subject == "k-valid"]
+    assert violations and "2 different orders" in violations[0].message
+    assert "orders of other intents" in violations[0].message
+
+
+def test_a_503_saying_nothing_changed_after_its_order_was_stored_breaks_one_key_one_order() -> None:
+    run = clean_run()
+    # The first request stored o1 at 0.1 s and answered 503 naming no order at 2 s.
+    run = with_orders(run, order("o1", VALID, "Confirmed", created=0.1))
+    violations = [v for v in found(run) if v.invariant == "one-key-one-order"]
+    assert len(violations) == 1 and "answered 503 naming no order" in violations[0].message
+
+
+def test_a_503_while_an_earlier_request_may_still_run_proves_nothing() -> None:
+    run = clean_run()
+    run = with_orders(run, order("o1", VALID, "Confirmed", created=0.1))
+    # An earlier request timed out on the client's side: the order may be its work, not the 503's.
+    run["attempts"] = [attempt("k-valid", None, sent=-1.0, elapsed=0.5, error="ReadTimeout"), *run["attempts"]]
+    assert "one-key-one-order" not in invariants(run)
+
+
+def test_a_422_for_a_key_that_stored_an_order_breaks_one_key_one_order() -> None:
+    run = clean_run()
+    run = with_orders(run, order("o5", NO_STOCK, "Confirmed"))
+    run["ledger"] = [*run["ledger"], capture("o5")]
+    violations = [v for v in found(run) if v.invariant == "one-key-one-order"]
+    assert [v.subject for v in violations] == ["k-stock"] and "422" in violations[0].message
+
+
+def test_an_order_no_client_asked_for_breaks_one_key_one_order() -> None:
+    stranger = Intent("nobody", 9, "valid", {"customer_id": 5, "lines": [{"product_id": 4, "quantity": 1}]}, 0.0)
+    run = with_orders(clean_run(), order("o8", stranger, "PaymentFailed", failure_reason="declined"))
+    violations = [v for v in found(run) if v.invariant == "one-key-one-order"]
+    assert [v.subject for v in violations] == ["o8"]
+
+
+def test_an_answer_naming_a_missing_order_breaks_told_orders_exist() -> None:
+    run = clean_run()
+    run["attempts"] = [*run["attempts"], attempt("k-stock", 503, n=1, sent=3.0,
+                                                 body={"type": "/problems/database-unavailable", "order_id": "gone"})]
+    violations = [v for v in found(run) if v.invariant == "told-orders-exist"]
+    assert [v.subject for v in violations] == ["k-stock"] and "gone" in violations[0].message
+
+
+def test_a_location_naming_a_missing_order_breaks_told_orders_exist() -> None:
+    run = clean_run()
+    run["attempts"] = [*run["attempts"], attempt("k-stock", 201, n=1, sent=3.0, body="?", location="/api/orders/x")]
+    assert "told-orders-exist" in invariants(run)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "captures", "words"),
+    [
+        ("Confirmed", None, 0, "Confirmed with 0 captures"),
+        ("Confirmed", None, 2, "Confirmed with 2 captures"),
+        ("PaymentFailed", "retries_exhausted", 1, "yet charged 1"),
+        ("PaymentPending", None, 0, "still PaymentPending"),
+    ],
+)
+def test_an_order_without_its_one_capture_breaks_payment_outcome(status: str, reason: str | None, captures: int,
+                                                                 words: str) -> None:
+    run = with_orders(clean_run(), order("o1", VALID, status, failure_reason=reason, created=2.6))
+    run["ledger"] = [capture("o1", n) for n in range(captures)]
+    violations = [v for v in found(run) if v.invariant == "payment-outcome"]
+    assert [v.subject for v in violations] == ["o1"] and words in violations[0].message
+    assert len(violations[0].evidence["ledger"]) == captures
+
+
+def test_a_charge_without_an_order_breaks_payment_outcome() -> None:
+    run = clean_run()
+    run["ledger"] = [*run["ledger"], capture("never-stored")]
+    violations = [v for v in found(run) if v.invariant == "payment-outcome"]
+    assert [v.subject for v in violations] == ["never-stored"]
+
+
+def test_an_http_500_breaks_no_500() -> None:
+    run = clean_run()
+    run["attempts"] = [*run["attempts"], attempt("k-stock", 500, n=1, sent=3.0, body={"status": 500})]
+    assert [v.subject for v in found(run) if v.invariant == "no-500"] == ["k-stock"]
+
+
+def test_a_circuit_left_open_breaks_settled() -> None:
+    run = clean_run()
+    run["circuits"] = [{"name": "payment", "state": "open"}, {"name": "inventory", "state": "closed"}]
+    assert [v.subject for v in found(run) if v.invariant == "settled"] == ["payment"]
+
+
+def test_unreadable_circuits_break_settled() -> None:
+    run = clean_run()
+    run["circuits"] = None
+    assert "settled" in invariants(run)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        JobRow("o1", "pending", 3, next_attempt_at=T0),
+        JobRow("o1", "running", 1, lease_until=T0 + timedelta(minutes=1)),  # the snapshot is at 5 minutes
+    ],
+)
+def test_a_job_left_pending_or_past_its_lease_breaks_settled(job: JobRow) -> None:
+    run = with_orders(clean_run(), jobs=(job, JobRow("o2", "done")))
+    assert [v.subject for v in found(run) if v.invariant == "settled"] == ["o1"]
+
+
+def test_a_job_running_within_its_lease_is_not_a_settle_violation() -> None:
+    job = JobRow("o1", "running", 1, lease_until=T0 + timedelta(minutes=6))
+    run = with_orders(clean_run(), jobs=(job, JobRow("o2", "done")))
+    assert "settled" not in invariants(run)
+
+
+def test_an_order_given_up_without_a_dead_letter_breaks_dead_letters() -> None:
+    run = with_orders(clean_run(), order("o1", VALID, "PaymentFailed", failure_reason="retries_exhausted"))
+    run["ledger"] = []
+    violations = [v for v in found(run) if v.invariant == "dead-letters"]
+    assert [v.subject for v in violations] == ["o1"] and "0 unreplayed" in violations[0].message
+
+
+def test_a_dead_letter_for_a_confirmed_order_breaks_dead_letters() -> None:
+    run = with_orders(clean_run(), dead_letters=(DeadLetterRow(1, "o1", 7, "503"),))
+    violations = [v for v in found(run) if v.invariant == "dead-letters"]
+    assert [v.subject for v in violations] == ["o1"]
+    assert violations[0].evidence["dead_letters"][0]["id"] == 1
+
+
+def test_a_rejected_order_with_its_dead_letter_is_consistent() -> None:
+    run = with_orders(clean_run(), order("o1", VALID, "PaymentFailed", failure_reason="rejected", created=2.6),
+                      dead_letters=(DeadLetterRow(1, "o1", 1, "400"), DeadLetterRow(2, "o1", 3, "503", T0)))
+    run["ledger"] = []
+    assert invariants(run) == set()
+
+
+def test_a_request_over_the_deadline_breaks_the_time_bound() -> None:
+    run = clean_run()
+    run["attempts"] = [*run["attempts"], attempt("k-stock", None, n=1, sent=3.0, elapsed=DEADLINE + 1.5,
+                                                 error="ReadTimeout")]
+    violations = [v for v in found(run) if v.invariant == "time-bound"]
+    assert [v.subject for v in violations] == ["k-stock"] and "11.50 s" in violations[0].message
+
+
+def test_every_invariant_has_a_test_that_makes_it_fail() -> None:
+    names = {name.replace("-", "_") for name in INVARIANTS}
+    tests = {name for name in globals() if name.startswith("test_")}
+    for name in names:
+        assert any(name in test and "break" in test for test in tests), name
