@@ -1,7 +1,9 @@
 """`make run`: one foreground supervisor for the whole local stack.
 
-Starts (on 127.0.0.1) an embedded Redis unless REDIS_URL is set, applies the migrations, then the
-simulators, the chaos proxy, the order API and the Celery worker. Ctrl-C or SIGTERM stops them in
+Before starting anything it checks what would otherwise fail later, over and over: a port of the stack that
+another process holds (named by pid and command), a bad setting; either stops it at once with a non-zero
+exit. Then it starts (on 127.0.0.1) an embedded Redis unless REDIS_URL is set, applies the migrations, then
+the simulators, the chaos proxy, the order API and the Celery worker. Ctrl-C or SIGTERM stops them in
 order — API and worker first, Redis last — and SIGKILLs whatever is left at 9 s, so nothing outlives it.
 A process that dies on its own is restarted after a short backoff (what `restart: unless-stopped` does in
 docker-compose.yml): a crashed worker must not leave orders waiting. One that keeps dying (more than
@@ -26,11 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.config import ROOT, Settings, SettingsError, admin_token_file, read_admin_token, var_dir
+from app.port_check import bind_error, describe_holders, in_use
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
 RESTART_LIMIT = 5  # exits of one process within RESTART_WINDOW that it is restarted after; one more stops all
 RESTART_WINDOW = 60.0
 RESTART_DELAY_MAX = 8.0  # the backoff doubles from 0.5 s per recent exit, up to this
+
+
+class StartupError(Exception):
+    """The stack cannot start as configured; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class ProcessSpec:
     stop_rank: int
     port: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    # The variable that moves `port`, for a message about a port in use.
+    port_variable: str | None = None
 
 
 # Celery pool processes: a payment job spends most of its time waiting on the network (claim, capture,
@@ -58,9 +67,12 @@ def _ports(env: Mapping[str, str], name: str, default: tuple[int, int, int]) -> 
     raw = env.get(name)
     if not raw:
         return default
-    ports = tuple(int(p) for p in raw.split(","))
-    if len(ports) != 3:
-        raise SystemExit(f"{name}: three comma-separated ports (payment, inventory, notification)")
+    try:
+        ports = tuple(int(p) for p in raw.split(","))
+    except ValueError:
+        ports = ()
+    if len(ports) != 3 or not all(0 < p <= 65535 for p in ports):
+        raise StartupError(f"{name}: three comma-separated ports (payment, inventory, notification), got {raw!r}")
     return ports
 
 
@@ -87,19 +99,71 @@ def stack_processes(
     bindir = str(Path(python).parent)
     simulators = [
         ProcessSpec(f"{kind}-sim", [python, "-m", "simulators", kind, "--host", "127.0.0.1", "--port", str(port)],
-                    2, port)
+                    2, port, port_variable="SIMULATOR_PORTS")
         for kind, port in zip(DEPENDENCIES, simulator_ports, strict=True)
     ]
     return [
         *simulators,
         ProcessSpec("chaosproxy", [python, "-m", "chaosproxy", "--host", "127.0.0.1", "--port",
-                                   str(settings.chaos_port), "--config", str(populate)], 1, settings.chaos_port),
+                                   str(settings.chaos_port), "--config", str(populate)], 1, settings.chaos_port,
+                    port_variable="CHAOS_PORT"),
         ProcessSpec("api", [os.path.join(bindir, "gunicorn"), "--config", "python:app.gunicorn_config",
-                            "app:create_app()"], 0, settings.api_port),
+                            "app:create_app()"], 0, settings.api_port,
+                    port_variable="API_PORT"),
         ProcessSpec("worker", [os.path.join(bindir, "celery"), "-A", "workers", "worker", "--loglevel=INFO",
                                "--queues=payments,notifications,dead_letter", f"--concurrency={WORKER_CONCURRENCY}",
-                               "--without-gossip", "--without-mingle"], 0, settings.worker_metrics_port),
+                               "--without-gossip", "--without-mingle"], 0, settings.worker_metrics_port,
+                    port_variable="WORKER_METRICS_PORT"),
     ]
+
+
+def listening_ports(
+    settings: Settings, simulator_ports: tuple[int, ...], proxy_ports: tuple[int, ...]
+) -> list[tuple[int, str, str]]:
+    """(port, the variable that moves it, what listens there) for every port the stack will listen on."""
+    labels = {"api": "the order API", "worker": "the workers' metrics", "chaosproxy": "the chaos proxy's API",
+              **{f"{kind}-sim": f"the {kind} simulator" for kind in DEPENDENCIES}}
+    ports = [(spec.port, spec.port_variable or "", labels.get(spec.name, spec.name))
+             for spec in stack_processes(settings, simulator_ports=simulator_ports) if spec.port]
+    ports += [(port, "PROXY_PORTS", f"the chaos proxy's {kind} proxy")
+              for kind, port in zip(DEPENDENCIES, proxy_ports, strict=True)]
+    return ports
+
+
+def check_ports(ports: list[tuple[int, str, str]]) -> None:
+    """Raise StartupError naming every port of the stack that another process holds, and who holds it."""
+    problems: list[str] = []
+    taken: dict[int, tuple[str, str]] = {}
+    for port, variable, name in ports:
+        if port in taken:
+            other_variable, other_name = taken[port]
+            problems.append(f"port {port} is given to both {other_name} ({other_variable}) and {name} ({variable})")
+            continue
+        taken[port] = (variable, name)
+        error = bind_error(port)
+        if error is None:
+            continue
+        if in_use(error):
+            problems.append(f"port {port} ({variable}, {name}) is in use by {describe_holders(port)}; "
+                            f"stop it or choose another port with {variable}")
+        else:
+            problems.append(f"port {port} ({variable}, {name}): cannot listen on 127.0.0.1:{port}: "
+                            f"{error.strerror or error}")
+    if problems:
+        raise StartupError("\n".join(problems))
+
+
+def preflight(env: Mapping[str, str]) -> tuple[Settings, tuple[int, ...], tuple[int, ...]]:
+    """What would otherwise fail only once processes run, checked before any starts: the settings and
+    every port of the stack."""
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        raise StartupError(str(exc)) from None
+    simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
+    proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
+    check_ports(listening_ports(settings, simulator_ports, proxy_ports))
+    return settings, simulator_ports, proxy_ports
 
 
 def _die_with_parent() -> None:
@@ -179,16 +243,20 @@ class Supervisor:
         print(f"[orderflow] {message}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
+        env = dict(os.environ)
+        try:
+            settings, simulator_ports, proxy_ports = preflight(env)
+        except StartupError as exc:
+            for line in str(exc).splitlines():
+                self.log(line)
+            return 2
         _die_with_parent()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        env = dict(os.environ)
         var = var_dir(env)
         var.mkdir(parents=True, exist_ok=True)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["ADMIN_TOKEN"] = _admin_token(env)
-        simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
-        proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
         populate = populate_file(var, simulator_ports, proxy_ports)
         for kind, port in zip(DEPENDENCIES, proxy_ports, strict=True):
             # Unless told otherwise, the app reaches every dependency through the chaos proxy.
