@@ -1,14 +1,14 @@
 """`make run`: one foreground supervisor for the whole local stack.
 
 Before starting anything it checks what would otherwise fail later, over and over: a port of the stack that
-another process holds (named by pid and command), a bad setting; either stops it at once with a non-zero
-exit. Then it starts (on 127.0.0.1) an embedded Redis unless REDIS_URL is set, applies the migrations, then
-the simulators, the chaos proxy, the order API and the Celery worker. Ctrl-C or SIGTERM stops them in
-order — API and worker first, Redis last — and SIGKILLs whatever is left at 9 s, so nothing outlives it.
-A process that dies on its own is restarted after a short backoff (what `restart: unless-stopped` does in
-docker-compose.yml): a crashed worker must not leave orders waiting. One that keeps dying (more than
-RESTART_LIMIT exits within RESTART_WINDOW) stops the stack with a non-zero exit, as does the embedded Redis
-exiting, since every process depends on it.
+another process holds (named by pid and command), a policy file that is unreadable, invalid or contradicts
+itself, a bad setting; any of them stops it at once with a non-zero exit. Then it starts (on 127.0.0.1) an
+embedded Redis unless REDIS_URL is set, applies the migrations, then the simulators, the chaos proxy, the
+order API and the Celery worker. Ctrl-C or SIGTERM stops them in order — API and worker first, Redis last —
+and SIGKILLs whatever is left at 9 s, so nothing outlives it. A process that dies on its own is restarted
+after a short backoff (what `restart: unless-stopped` does in docker-compose.yml): a crashed worker must not
+leave orders waiting. One that keeps dying (more than RESTART_LIMIT exits within RESTART_WINDOW) stops the
+stack with a non-zero exit, as does the embedded Redis exiting, since every process depends on it.
 """
 
 from __future__ import annotations
@@ -154,14 +154,23 @@ def check_ports(ports: list[tuple[int, str, str]]) -> None:
 
 
 def preflight(env: Mapping[str, str]) -> tuple[Settings, tuple[int, ...], tuple[int, ...]]:
-    """What would otherwise fail only once processes run, checked before any starts: the settings and
-    every port of the stack."""
+    """What would otherwise fail only once processes run, checked before any starts: the settings, the
+    policy file, and every port of the stack."""
+    from app.resilience.config import PolicyFileError, load_policies
+
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:
         raise StartupError(str(exc)) from None
     simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
     proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
+    try:
+        load_policies(settings.resilience_file)
+    except PolicyFileError as exc:
+        message = str(exc)
+        if not message.startswith(str(settings.resilience_file)):  # a read error names the file already
+            message = f"{settings.resilience_file}: {message}"
+        raise StartupError(message) from None
     check_ports(listening_ports(settings, simulator_ports, proxy_ports))
     return settings, simulator_ports, proxy_ports
 

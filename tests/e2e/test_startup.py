@@ -134,3 +134,14 @@ def test_a_port_in_use_stops_the_start_at_once_naming_port_variable_and_holder(
     assert f"in use by pid {os.getpid()} (" in refusal.output, refusal.output
     assert_refused_before_anything_started(refusal, tmp_path)
     assert not (tmp_path / "orderflow.db").exists()
+
+
+def test_a_contradictory_policy_file_stops_the_start_before_the_banner(tmp_path: Path) -> None:
+    policy = tmp_path / "resilience.toml"
+    policy.write_text("[dependencies.payment]\nattempt_timeout = 9\ntotal_timeout = 1\n")
+    env = supervisor_env(tmp_path, new_ports(), {"DATABASE_URL": f"sqlite:///{tmp_path}/orderflow.db"})
+    env["RESILIENCE_FILE"] = str(policy)
+    refusal = run_until_exit(env)
+    assert (f"{policy}: dependencies.payment.attempt_timeout: 9 exceeds dependencies.payment.total_timeout = 1"
+            in refusal.output), refusal.output
+    assert_refused_before_anything_started(refusal, tmp_path)
