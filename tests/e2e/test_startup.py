@@ -1,4 +1,4 @@
-"""`make run`'s supervisor at start: it refuses at once what cannot work.
+"""`make run`'s supervisor at start: it refuses at once what cannot work, and says "ready" only when it is.
 
 The real supervisor (`python -m app.supervisor`, what `make run` execs), with the environment the stack
 fixture gives it: ports of the test's own, a database of the test's own.
@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from bench.stack import free_ports
 from tests.stack import ROOT, alive, descendants
+from tests.support import fresh_database
 
 BANNER = "[orderflow] order API       http://"  # the banner's first line
 REFUSED_WITHIN = 8.0  # seconds; before these checks, a taken port cost ~50 s of restarts
@@ -145,3 +147,46 @@ def test_a_contradictory_policy_file_stops_the_start_before_the_banner(tmp_path:
     assert (f"{policy}: dependencies.payment.attempt_timeout: 9 exceeds dependencies.payment.total_timeout = 1"
             in refusal.output), refusal.output
     assert_refused_before_anything_started(refusal, tmp_path)
+
+
+def test_the_banner_comes_once_every_process_answers(tmp_path: Path) -> None:
+    ports = new_ports()
+    endpoints = {
+        "api": f"http://127.0.0.1:{ports.api}/health/ready",
+        "worker": f"http://127.0.0.1:{ports.worker_metrics}/metrics",
+        "chaosproxy": f"http://127.0.0.1:{ports.chaos}/version",
+        **{f"sim{i}": f"http://127.0.0.1:{port}/health" for i, port in enumerate(ports.simulators)},
+    }
+    log = tmp_path / "supervisor.log"
+    with fresh_database() as db, open(log, "wb") as out:
+        env = supervisor_env(tmp_path, ports, db.env())
+        process = subprocess.Popen([sys.executable, "-m", "app.supervisor"], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+        family: set[int] = set()
+        try:
+            deadline = time.monotonic() + 120
+            while BANNER not in log.read_text(errors="replace"):
+                assert process.poll() is None, log.read_text(errors="replace")
+                assert time.monotonic() < deadline, f"no banner within 120 s:\n{log.read_text(errors='replace')}"
+                time.sleep(0.02)
+            # Asked right after the banner appeared: a banner printed before the processes were up (as it
+            # once was, the moment they were spawned) finds most of them not listening yet.
+            answers = {name: _status(url) for name, url in endpoints.items()}
+            assert answers == dict.fromkeys(endpoints, 200), log.read_text(errors="replace")
+            family = descendants(process.pid)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+    text = log.read_text(errors="replace")
+    assert text.count(BANNER) == 1
+    before_banner = text.split(BANNER, 1)[0]
+    assert "applying migrations" in before_banner
+    time.sleep(0.3)
+    assert not {pid for pid in family if alive(pid)}
+
+
+def _status(url: str) -> int | str:
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.RequestException as exc:
+        return type(exc).__name__

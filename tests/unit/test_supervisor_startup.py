@@ -1,4 +1,4 @@
-"""What `make run`'s supervisor checks before it starts anything.
+"""What `make run`'s supervisor checks before it starts anything, and when it says the stack is ready.
 
 Real sockets and real child processes; nothing is mocked but the supervisor's log.
 """
@@ -7,14 +7,33 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from app.config import Settings
 from app.port_check import bind_error, describe_holders, port_holders
-from app.supervisor import StartupError, check_ports, listening_ports
+from app.supervisor import (
+    Child,
+    ProcessSpec,
+    StartupError,
+    Supervisor,
+    check_ports,
+    listening_ports,
+    probe,
+)
 from bench.stack import free_ports
+
+
+class RecordingSupervisor(Supervisor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.logged.append(message)
 
 
 @pytest.fixture
@@ -79,3 +98,48 @@ def test_every_port_of_the_stack_is_checked() -> None:
         ("API_PORT", 8000), ("CHAOS_PORT", 8474), ("PROXY_PORTS", 19101), ("PROXY_PORTS", 19102),
         ("PROXY_PORTS", 19103), ("SIMULATOR_PORTS", 9101), ("SIMULATOR_PORTS", 9102), ("SIMULATOR_PORTS", 9103),
         ("WORKER_METRICS_PORT", 9808)]
+
+
+SLOW_SERVER = """
+import http.server, sys, time
+time.sleep(float(sys.argv[2]))
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_ready_is_called_once_every_process_answers_and_not_before() -> None:
+    fast, slow = free_ports(2)
+    supervisor = RecordingSupervisor()
+    for name, port, delay in (("fast", fast, "0"), ("slow", slow, "1.5")):
+        spec = ProcessSpec(name, [sys.executable, "-c", SLOW_SERVER, str(port), delay], 0, port,
+                           ready_path="/health")
+        supervisor.children.append(Child.start(spec, dict(os.environ)))
+    seen: list[tuple[float, str | None, str | None]] = []
+
+    def on_ready() -> None:
+        seen.append((time.monotonic() - started, probe(fast, "/health"), probe(slow, "/health")))
+        supervisor.stopping = True
+
+    started = time.monotonic()
+    try:
+        assert supervisor._watch(on_ready=on_ready, interval=0.05) == 0
+    finally:
+        supervisor.stop()
+    assert len(seen) == 1
+    elapsed, fast_problem, slow_problem = seen[0]
+    assert elapsed >= 1.5
+    assert (fast_problem, slow_problem) == (None, None)
+
+
+def test_a_probe_says_what_it_got_instead_of_200(listener: socket.socket) -> None:
+    (closed,) = free_ports(1)
+    assert probe(closed, "/health") == "GET /health: Connection refused"
+    port = listener.getsockname()[1]
+    # Accepted by the kernel but never answered: the probe gives up at its timeout.
+    assert probe(port, "/health", timeout=0.2) == "GET /health: timed out"
