@@ -80,12 +80,15 @@ def _dependencies(settings: Settings, policies: Any, redis_client: redis.Redis, 
 
 def _database_check(engine: Engine) -> Any:
     def check() -> str | None:
+        # A database that answers but has no tables (or an older schema) can store no order either.
+        from app.adapters.migrate import schema_problem
+
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+                return schema_problem(conn)
         except Exception as exc:
             return f"database unreachable: {type(exc).__name__}"
-        return None
 
     return check
 

@@ -55,13 +55,27 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     except SettingsError as exc:
         print(f"orderflow: {exc}", file=sys.stderr)
         return 2
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.adapters.migrate import database_problem, error_line
+
     if args.group == "db":
         from app.adapters.migrate import upgrade
 
-        upgrade(settings.database_url, schema=settings.database_schema)
+        try:
+            upgrade(settings.database_url, schema=settings.database_schema)
+        except (SQLAlchemyError, ValueError) as exc:
+            print(f"orderflow: cannot upgrade the database: {error_line(exc)}", file=sys.stderr)
+            return 1
         print("database is at the latest revision")
         return 0
 
+    # Asked first, so a database that is missing or was never migrated gets one line saying so and what to
+    # do, instead of a traceback about a missing table (and SQLite creating an empty file on the way).
+    problem = database_problem(settings.database_url, schema=settings.database_schema)
+    if problem:
+        print(f"orderflow: {problem}", file=sys.stderr)
+        return 1
     from app.adapters.db import make_engine
 
     engine = make_engine(settings.database_url, schema=settings.database_schema, pool_size=1)
@@ -69,6 +83,9 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         if args.group == "flags":
             return _flags(engine, args)
         return _dead_letters(engine, args, settings)
+    except SQLAlchemyError as exc:
+        print(f"orderflow: database error: {error_line(exc)}", file=sys.stderr)
+        return 1
     finally:
         engine.dispose()
 

@@ -1,17 +1,21 @@
 """`make run`: one foreground supervisor for the whole local stack.
 
-Starts (on 127.0.0.1) an embedded Redis unless REDIS_URL is set, applies the migrations, then the
-simulators, the chaos proxy, the order API and the Celery worker. Ctrl-C or SIGTERM stops them in
-order — API and worker first, Redis last — and SIGKILLs whatever is left at 9 s, so nothing outlives it.
-A process that dies on its own is restarted after a short backoff (what `restart: unless-stopped` does in
-docker-compose.yml): a crashed worker must not leave orders waiting. One that keeps dying (more than
-RESTART_LIMIT exits within RESTART_WINDOW) stops the stack with a non-zero exit, as does the embedded Redis
-exiting, since every process depends on it.
+Before starting anything it checks what would otherwise fail later, over and over: a port of the stack that
+another process holds (named by pid and command), a policy file that is unreadable, invalid or contradicts
+itself, a bad setting; any of them stops it at once with a non-zero exit. Then it starts (on 127.0.0.1) an
+embedded Redis unless REDIS_URL is set, applies the migrations, then the simulators, the chaos proxy, the
+order API and the Celery worker, and prints where everything is once every one of them answers (the API
+its readiness). Ctrl-C or SIGTERM stops them in order — API and worker first, Redis last — and SIGKILLs
+whatever is left at 9 s, so nothing outlives it. A process that dies on its own is restarted after a short
+backoff (what `restart: unless-stopped` does in docker-compose.yml): a crashed worker must not leave orders
+waiting. One that keeps dying (more than RESTART_LIMIT exits within RESTART_WINDOW) stops the stack with a
+non-zero exit, as does the embedded Redis exiting, since every process depends on it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import http.client
 import json
 import os
 import secrets
@@ -28,11 +32,19 @@ from pathlib import Path
 from kombu.utils.url import maybe_sanitize_url
 
 from app.config import ROOT, Settings, SettingsError, admin_token_file, read_admin_token, var_dir
+from app.port_check import bind_error, describe_holders, in_use
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
 RESTART_LIMIT = 5  # exits of one process within RESTART_WINDOW that it is restarted after; one more stops all
 RESTART_WINDOW = 60.0
 RESTART_DELAY_MAX = 8.0  # the backoff doubles from 0.5 s per recent exit, up to this
+# Long enough for the API's readiness, whose checks may take 2.5 s; one that times out is asked again.
+PROBE_TIMEOUT = 3.0
+WAITING_REPORT_EVERY = 30.0  # how often a slow start says what it is still waiting for
+
+
+class StartupError(Exception):
+    """The stack cannot start as configured; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,10 @@ class ProcessSpec:
     stop_rank: int
     port: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    # Answers 200 to GET on `port` once the process does its job; the banner waits for every one.
+    ready_path: str | None = None
+    # The variable that moves `port`, for a message about a port in use.
+    port_variable: str | None = None
 
 
 # Celery pool processes: a payment job spends most of its time waiting on the network (claim, capture,
@@ -60,9 +76,12 @@ def _ports(env: Mapping[str, str], name: str, default: tuple[int, int, int]) -> 
     raw = env.get(name)
     if not raw:
         return default
-    ports = tuple(int(p) for p in raw.split(","))
-    if len(ports) != 3:
-        raise SystemExit(f"{name}: three comma-separated ports (payment, inventory, notification)")
+    try:
+        ports = tuple(int(p) for p in raw.split(","))
+    except ValueError:
+        ports = ()
+    if len(ports) != 3 or not all(0 < p <= 65535 for p in ports):
+        raise StartupError(f"{name}: three comma-separated ports (payment, inventory, notification), got {raw!r}")
     return ports
 
 
@@ -89,19 +108,93 @@ def stack_processes(
     bindir = str(Path(python).parent)
     simulators = [
         ProcessSpec(f"{kind}-sim", [python, "-m", "simulators", kind, "--host", "127.0.0.1", "--port", str(port)],
-                    2, port)
+                    2, port, ready_path="/health", port_variable="SIMULATOR_PORTS")
         for kind, port in zip(DEPENDENCIES, simulator_ports, strict=True)
     ]
     return [
         *simulators,
         ProcessSpec("chaosproxy", [python, "-m", "chaosproxy", "--host", "127.0.0.1", "--port",
-                                   str(settings.chaos_port), "--config", str(populate)], 1, settings.chaos_port),
+                                   str(settings.chaos_port), "--config", str(populate)], 1, settings.chaos_port,
+                    ready_path="/version", port_variable="CHAOS_PORT"),
         ProcessSpec("api", [os.path.join(bindir, "gunicorn"), "--config", "python:app.gunicorn_config",
-                            "app:create_app()"], 0, settings.api_port),
+                            "app:create_app()"], 0, settings.api_port,
+                    ready_path="/health/ready", port_variable="API_PORT"),
         ProcessSpec("worker", [os.path.join(bindir, "celery"), "-A", "workers", "worker", "--loglevel=INFO",
                                "--queues=payments,notifications,dead_letter", f"--concurrency={WORKER_CONCURRENCY}",
-                               "--without-gossip", "--without-mingle"], 0, settings.worker_metrics_port),
+                               "--without-gossip", "--without-mingle"], 0, settings.worker_metrics_port,
+                    ready_path="/metrics", port_variable="WORKER_METRICS_PORT"),
     ]
+
+
+def listening_ports(
+    settings: Settings, simulator_ports: tuple[int, ...], proxy_ports: tuple[int, ...]
+) -> list[tuple[int, str, str]]:
+    """(port, the variable that moves it, what listens there) for every port the stack will listen on."""
+    labels = {"api": "the order API", "worker": "the workers' metrics", "chaosproxy": "the chaos proxy's API",
+              **{f"{kind}-sim": f"the {kind} simulator" for kind in DEPENDENCIES}}
+    ports = [(spec.port, spec.port_variable or "", labels.get(spec.name, spec.name))
+             for spec in stack_processes(settings, simulator_ports=simulator_ports) if spec.port]
+    ports += [(port, "PROXY_PORTS", f"the chaos proxy's {kind} proxy")
+              for kind, port in zip(DEPENDENCIES, proxy_ports, strict=True)]
+    return ports
+
+
+def check_ports(ports: list[tuple[int, str, str]]) -> None:
+    """Raise StartupError naming every port of the stack that another process holds, and who holds it."""
+    problems: list[str] = []
+    taken: dict[int, tuple[str, str]] = {}
+    for port, variable, name in ports:
+        if port in taken:
+            other_variable, other_name = taken[port]
+            problems.append(f"port {port} is given to both {other_name} ({other_variable}) and {name} ({variable})")
+            continue
+        taken[port] = (variable, name)
+        error = bind_error(port)
+        if error is None:
+            continue
+        if in_use(error):
+            problems.append(f"port {port} ({variable}, {name}) is in use by {describe_holders(port)}; "
+                            f"stop it or choose another port with {variable}")
+        else:
+            problems.append(f"port {port} ({variable}, {name}): cannot listen on 127.0.0.1:{port}: "
+                            f"{error.strerror or error}")
+    if problems:
+        raise StartupError("\n".join(problems))
+
+
+def probe(port: int, path: str, *, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when GET http://127.0.0.1:port/path answers 200, otherwise what happened instead."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return f"GET {path}: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
+    finally:
+        connection.close()
+    return None if status == 200 else f"GET {path} answered {status}"
+
+
+def preflight(env: Mapping[str, str]) -> tuple[Settings, tuple[int, ...], tuple[int, ...]]:
+    """What would otherwise fail only once processes run, checked before any starts: the settings, the
+    policy file, and every port of the stack."""
+    from app.resilience.config import PolicyFileError, load_policies
+
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        raise StartupError(str(exc)) from None
+    simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
+    proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
+    try:
+        load_policies(settings.resilience_file)
+    except PolicyFileError as exc:
+        message = str(exc)
+        if not message.startswith(str(settings.resilience_file)):  # a read error names the file already
+            message = f"{settings.resilience_file}: {message}"
+        raise StartupError(message) from None
+    check_ports(listening_ports(settings, simulator_ports, proxy_ports))
+    return settings, simulator_ports, proxy_ports
 
 
 def _die_with_parent() -> None:
@@ -175,22 +268,27 @@ class Supervisor:
         self.children: list[Child] = []
         self.redis: subprocess.Popen[bytes] | None = None
         self.stopping = False
+        self.stop_requested: float | None = None
         self._clock = clock
 
     def log(self, message: str) -> None:
         print(f"[orderflow] {message}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
+        env = dict(os.environ)
+        try:
+            settings, simulator_ports, proxy_ports = preflight(env)
+        except StartupError as exc:
+            for line in str(exc).splitlines():
+                self.log(line)
+            return 2
         _die_with_parent()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        env = dict(os.environ)
         var = var_dir(env)
         var.mkdir(parents=True, exist_ok=True)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["ADMIN_TOKEN"] = _admin_token(env)
-        simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
-        proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
         populate = populate_file(var, simulator_ports, proxy_ports)
         for kind, port in zip(DEPENDENCIES, proxy_ports, strict=True):
             # Unless told otherwise, the app reaches every dependency through the chaos proxy.
@@ -214,9 +312,8 @@ class Supervisor:
                 if spec.name in ("api", "worker"):
                     child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir / spec.name)
                 self.children.append(Child.start(spec, child_env))
-            if not self.stopping:
-                self._banner(settings, env["ADMIN_TOKEN"], simulator_ports, proxy_ports)
-            return self._watch()
+            return self._watch(
+                on_ready=lambda: self._banner(settings, env["ADMIN_TOKEN"], simulator_ports, proxy_ports))
         finally:
             self.stop()
 
@@ -256,13 +353,33 @@ class Supervisor:
         for kind, sim, proxy in zip(DEPENDENCIES, sims, proxies, strict=True):
             self.log(f"{kind + ' sim':<15} http://127.0.0.1:{sim} (the app calls it through the proxy :{proxy})")
 
-    def _watch(self, *, interval: float = 0.2) -> int:
+    def _watch(self, *, on_ready: Callable[[], None] | None = None, interval: float = 0.2) -> int:
+        """Keep the stack running until a signal; call `on_ready` once every process has answered."""
+        waiting = {child.spec.name: child.spec for child in self.children if child.spec.ready_path}
+        last_report = started = self._clock()
+        problems: dict[str, str] = {}
         while not self.stopping:
             if not self.check_children():
                 return 1
             if self.redis is not None and self.redis.poll() is not None:
                 self.log("redis exited; stopping the stack")
                 return 1
+            if on_ready is not None:
+                for name, spec in list(waiting.items()):
+                    problem = probe(spec.port or 0, spec.ready_path or "/")
+                    if problem is None:
+                        del waiting[name]
+                        problems.pop(name, None)
+                    else:
+                        problems[name] = problem
+                if not waiting:
+                    if not self.stopping:
+                        on_ready()
+                    on_ready = None
+                elif self._clock() - last_report >= WAITING_REPORT_EVERY:
+                    last_report = self._clock()
+                    self.log(f"still waiting after {last_report - started:.0f} s for: "
+                             + ", ".join(f"{name} ({problems.get(name, 'not asked yet')})" for name in waiting))
             time.sleep(interval)
         return 0
 
@@ -297,11 +414,13 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self.stopping:
             self.log(f"received {signal.Signals(signum).name}; stopping")
+            self.stop_requested = time.monotonic()
         self.stopping = True
 
     def stop(self) -> None:
         self.stopping = True
-        started = time.monotonic()
+        # The budget counts from the signal: a probe or a restart in progress then is part of it.
+        started = self.stop_requested or time.monotonic()
         for rank in sorted({child.spec.stop_rank for child in self.children}):
             group = [child.proc for child in self.children if child.spec.stop_rank == rank]
             for proc in group:

@@ -1,7 +1,9 @@
 """The policy file (`resilience.toml`, CONTRACT section 6) parsed into frozen dataclasses.
 
 Every key is optional; a key left out takes the contract's default. Unknown keys and bad values raise
-`PolicyFileError` naming the dotted key, so a typo stops start-up instead of silently using a default.
+`PolicyFileError` naming the dotted key, so a typo stops start-up instead of silently using a default. Keys
+that bound one another are checked together (an attempt within its call's total timeout, the base delay within
+the cap, the order API's calls within its request deadline), and the message names both keys and their values.
 
 Defaults the contract leaves unlisted, used when a file turns a policy on for a dependency that has none by
 default (e.g. `circuit_breaker = { failure_ratio = 0.3 }` for `notification`): the other keys of that table
@@ -282,7 +284,40 @@ def _from_document(document: Mapping[str, Any]) -> ResilienceConfig:
                 jobs_payment = _merge("jobs.payment", job_raw, jobs_payment, _JOBS_PAYMENT)
         else:
             raise _fail(name, "unknown key (expected one of: api, dependencies, jobs)")
-    return ResilienceConfig(api=api, dependencies=MappingProxyType(dependencies), jobs_payment=jobs_payment)
+    config = ResilienceConfig(api=api, dependencies=MappingProxyType(dependencies), jobs_payment=jobs_payment)
+    _check_bounds(config)
+    return config
+
+
+# The dependencies whose calls a `POST /api/orders` makes, all under the one request deadline.
+_UNDER_REQUEST_DEADLINE = ("inventory", "payment")
+
+
+def _at_most(key: str, value: float, bound_key: str, bound: float, why: str) -> None:
+    if value > bound:
+        raise _fail(key, f"{value:g} exceeds {bound_key} = {bound:g}; {why}")
+
+
+def _check_bounds(config: ResilienceConfig) -> None:
+    """Checks between keys: each value may be fine alone and still contradict another (a 9 s attempt in a 1 s
+    call). Keys left out of the file take part with their defaults."""
+    for name, dep in config.dependencies.items():
+        key = f"dependencies.{name}"
+        _at_most(f"{key}.attempt_timeout", dep.attempt_timeout, f"{key}.total_timeout", dep.total_timeout,
+                 "one attempt cannot outlast the whole call")
+        _at_most(f"{key}.retry.base_delay", dep.retry.base_delay, f"{key}.retry.max_delay", dep.retry.max_delay,
+                 "max_delay caps every delay between retries")
+    deadline = config.api.request_deadline
+    for name in _UNDER_REQUEST_DEADLINE:
+        total = config.dependencies[name].total_timeout
+        if deadline < total:
+            raise _fail("api.request_deadline",
+                        f"{deadline:g} is less than dependencies.{name}.total_timeout = {total:g}; an order's "
+                        f"inventory and payment calls share the request deadline, so raise it or lower that "
+                        f"total_timeout")
+    jobs = config.jobs_payment
+    _at_most("jobs.payment.backoff_base", jobs.backoff_base, "jobs.payment.backoff_max", jobs.backoff_max,
+             "backoff_max caps every delay between retries")
 
 
 def parse_policies(text: str) -> ResilienceConfig:

@@ -36,6 +36,10 @@ attempt_timeout = 3.0
 total_timeout = 3.5
 retry = {{ max_retries = 0 }}
 
+[dependencies.inventory]
+attempt_timeout = {REQUEST_DEADLINE}
+total_timeout = {REQUEST_DEADLINE}
+
 [jobs.payment]
 attempt_timeout = 3.0
 max_retries = 10

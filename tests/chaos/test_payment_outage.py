@@ -43,6 +43,10 @@ total_timeout = {TOTAL_TIMEOUT}
 retry = {{ max_retries = 1, base_delay = 0.05, max_delay = 0.1 }}
 circuit_breaker = {{ sampling_duration = 5.0, minimum_throughput = 4, break_duration = {BREAK_DURATION} }}
 
+[dependencies.inventory]
+attempt_timeout = 4.0
+total_timeout = 4.0
+
 [jobs.payment]
 attempt_timeout = 1.0
 max_retries = 10

@@ -14,7 +14,7 @@ from app.resilience.pipeline import build_pipeline
 POLICIES = """
 [dependencies.payment]
 attempt_timeout = 2.0
-total_timeout = 4.0
+total_timeout = 8.0
 
 [jobs.payment]
 attempt_timeout = 7.0

@@ -72,8 +72,8 @@ def test_false_turns_a_policy_off_and_a_table_turns_it_on_with_defaults() -> Non
 
 
 def test_integers_are_accepted_as_durations() -> None:
-    config = parse_policies("[api]\nrequest_deadline = 7\n")
-    assert config.api.request_deadline == 7.0 and isinstance(config.api.request_deadline, float)
+    config = parse_policies("[api]\nrequest_deadline = 12\n")
+    assert config.api.request_deadline == 12.0 and isinstance(config.api.request_deadline, float)
 
 
 @pytest.mark.parametrize(
@@ -142,3 +142,42 @@ def test_config_objects_are_frozen() -> None:
         DEFAULTS.api.request_deadline = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         DEFAULTS.dependencies["payment"] = DEFAULTS.dependencies["inventory"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[dependencies.payment]\nattempt_timeout = 9\ntotal_timeout = 1",
+         "dependencies.payment.attempt_timeout: 9 exceeds dependencies.payment.total_timeout = 1; "),
+        # A key left out takes part with its default: inventory's total_timeout is 8.
+        ("[dependencies.inventory]\nattempt_timeout = 8.5",
+         "dependencies.inventory.attempt_timeout: 8.5 exceeds dependencies.inventory.total_timeout = 8; "),
+        ("[dependencies.notification]\nretry = { base_delay = 0.5 }",
+         "dependencies.notification.retry.base_delay: 0.5 exceeds dependencies.notification.retry.max_delay = 0.2; "),
+        ("[dependencies.payment]\nretry = { base_delay = 3.0, max_delay = 2.5 }",
+         "dependencies.payment.retry.base_delay: 3 exceeds dependencies.payment.retry.max_delay = 2.5; "),
+        ("[api]\nrequest_deadline = 7\n[dependencies.inventory]\nattempt_timeout = 1\ntotal_timeout = 2",
+         "api.request_deadline: 7 is less than dependencies.payment.total_timeout = 8; "),
+        ("[api]\nrequest_deadline = 3\n[dependencies.payment]\nattempt_timeout = 1\ntotal_timeout = 2",
+         "api.request_deadline: 3 is less than dependencies.inventory.total_timeout = 8; "),
+        ("[jobs.payment]\nbackoff_base = 5\nbackoff_max = 1",
+         "jobs.payment.backoff_base: 5 exceeds jobs.payment.backoff_max = 1; "),
+    ],
+)
+def test_keys_that_bound_each_other_are_checked_together(text: str, message: str) -> None:
+    with pytest.raises(PolicyFileError) as caught:
+        parse_policies(text)
+    assert str(caught.value).startswith(message)
+
+
+def test_equal_bounds_are_accepted_and_notifications_are_not_under_the_request_deadline() -> None:
+    config = parse_policies(
+        "[api]\nrequest_deadline = 2\n"
+        "[dependencies.payment]\nattempt_timeout = 2\ntotal_timeout = 2\nretry = { base_delay = 1, max_delay = 1 }\n"
+        "[dependencies.inventory]\nattempt_timeout = 1\ntotal_timeout = 2\n"
+        "[dependencies.notification]\nattempt_timeout = 5\ntotal_timeout = 5\n"
+        "[jobs.payment]\nbackoff_base = 3\nbackoff_max = 3\n"
+    )
+    assert config.api.request_deadline == config.dependencies["payment"].total_timeout == 2.0
+    assert config.dependencies["notification"].total_timeout == 5.0
+    assert config.jobs_payment.backoff_base == config.jobs_payment.backoff_max == 3.0

@@ -35,6 +35,10 @@ attempt_timeout = 2.0
 total_timeout = 2.5
 circuit_breaker = { minimum_throughput = 1000 }
 
+[dependencies.inventory]
+attempt_timeout = 3.0
+total_timeout = 3.0
+
 [jobs.payment]
 attempt_timeout = 2.0
 max_retries = 3
