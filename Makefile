@@ -2,28 +2,50 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip --quiet
+# The locked dependencies as downloaded (hashes checked): installs from here need no network.
+WHEELS := $(VENV)/wheels
+# `make run` installs what the services import; tests, lint and benchmarks add the dev tools on top.
+RUN_STAMP := $(VENV)/.runtime-stamp
+DEV_STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench lock clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
-
-run: $(STAMP)
+run: $(RUN_STAMP)
 	exec $(PY) -m app.supervisor
 
-test: $(STAMP) lint
+test: $(DEV_STAMP) lint
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check app workers simulators chaosproxy tests bench
 	$(VENV)/bin/mypy app workers
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m bench
+
+$(RUN_STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
+	@$(PIP) download --require-hashes --dest $(WHEELS) -r requirements.lock
+	@$(PIP) install --require-hashes --no-index --find-links $(WHEELS) -r requirements.lock
+	@$(PIP) install --no-deps -e .
+	@touch $@
+
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.lock
+	@$(PIP) install --require-hashes -r requirements-dev.lock
+	@touch $@
+
+# After a change of pyproject.toml's dependencies: pins the whole tree again, with hashes, keeping the pins
+# that still fit (pip-tools, in a venv of its own so the project's stays exactly what the locks say).
+LOCK_TOOLS := $(VENV)/lock-tools
+COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-options
+lock:
+	@test -x $(LOCK_TOOLS)/bin/pip-compile || ($(PYTHON) -m venv $(LOCK_TOOLS) \
+		&& $(LOCK_TOOLS)/bin/pip install --quiet pip-tools==7.7.0)
+	$(COMPILE) --output-file requirements.lock pyproject.toml
+	$(COMPILE) --extra dev --constraint requirements.lock --output-file requirements-dev.lock pyproject.toml
 
 clean:
 	rm -rf var
