@@ -5,20 +5,33 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-
-from app.config import ROOT
+from sqlalchemy.engine import make_url
 
 
 def upgrade(database_url: str, *, schema: str | None = None, revision: str = "head") -> None:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    # The scripts are the package's own (the repository's migrations/ ships as app.migrations), so an
+    # installed OrderFlow migrates without a checkout; alembic.ini serves the `alembic` command in one.
+    config = Config()
+    config.set_main_option("script_location", str(files("app.migrations")).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    _create_sqlite_folder(database_url)
     config.attributes["database_url"] = database_url
     config.attributes["database_schema"] = schema
     config.attributes["configure_logger"] = False
     command.upgrade(config, revision)
+
+
+def _create_sqlite_folder(database_url: str) -> None:
+    """A first `orderflow db upgrade` with the default SQLite file in var/ creates var/ rather than failing."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not url.database.startswith("file:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
