@@ -5,15 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from importlib.resources import files
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run from a checkout, OrderFlow uses the checkout's files: the resilience.toml operators edit, var/ beside the
+# code. Installed as a package there is no checkout, only site-packages, which is no place for data.
+CHECKOUT: Path | None = ROOT if (ROOT / "pyproject.toml").is_file() else None
+DEFAULT_RESILIENCE_FILE = CHECKOUT / "resilience.toml" if CHECKOUT else Path(str(files("app") / "resilience.toml"))
 
 
 def var_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where `make run` keeps its data: the SQLite file, the Redis socket, the admin token, metrics."""
+    """Where `make run` keeps its data: the SQLite file, the Redis socket, the admin token, metrics.
+
+    ORDERFLOW_VAR, else var/ of the checkout, or of the working directory for an installed package.
+    """
     env = os.environ if env is None else env
-    return Path(env.get("ORDERFLOW_VAR") or ROOT / "var")
+    return Path(env.get("ORDERFLOW_VAR") or (CHECKOUT or Path.cwd()) / "var")
 
 
 VAR = var_dir()
@@ -95,7 +103,7 @@ class Settings:
     # Names the deployment: its Redis keys start with it, and on RabbitMQ so do its queues (unless default).
     redis_prefix: str = DEFAULT_PREFIX
     admin_token: str | None = None
-    resilience_file: Path = ROOT / "resilience.toml"
+    resilience_file: Path = DEFAULT_RESILIENCE_FILE
     payment_url: str = "http://127.0.0.1:19101"
     inventory_url: str = "http://127.0.0.1:19102"
     notification_url: str = "http://127.0.0.1:19103"

@@ -7,14 +7,13 @@ import functools
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-
-from app.config import ROOT
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -25,10 +24,13 @@ UPGRADE_HINT = "run: orderflow db upgrade"
 # Alembic is imported where it is used: the API's readiness check imports this module on its first call, which
 # then needs only the script directory, not the migration runtime.
 def _config() -> Config:
+    # The scripts are the package's own (the repository's migrations/ ships as app.migrations), so an
+    # installed OrderFlow migrates without a checkout; alembic.ini serves the `alembic` command in one.
     from alembic.config import Config
 
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config = Config()
+    config.set_main_option("script_location", str(files("app.migrations")).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
     return config
 
 
@@ -36,10 +38,19 @@ def upgrade(database_url: str, *, schema: str | None = None, revision: str = "he
     from alembic import command
 
     config = _config()
+    _create_sqlite_folder(database_url)
     config.attributes["database_url"] = database_url
     config.attributes["database_schema"] = schema
     config.attributes["configure_logger"] = False
     command.upgrade(config, revision)
+
+
+def _create_sqlite_folder(database_url: str) -> None:
+    """A first `orderflow db upgrade` with the default SQLite file in var/ creates var/ rather than failing."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not url.database.startswith("file:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
