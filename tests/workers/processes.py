@@ -20,6 +20,7 @@ from app.bootstrap import Services, bootstrap
 from app.config import ROOT, Settings
 from app.domain import Order
 from app.services.ordering import PlaceOrder, get_order
+from bench.stack import free_ports
 from simulators import SimulatorServer, serve
 from tests.support import DatabaseHandle
 
@@ -45,11 +46,7 @@ LEASE_MARGIN = 1.0
 
 
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def children_of(pid: int) -> list[int]:
