@@ -118,7 +118,7 @@ class WorkerStack:
         log.close()
         self.workers.append(proc)
         if wait:
-            self.wait_for_log(len(self.workers) - 1, "ready.", timeout=20)
+            self.wait_for_log(len(self.workers) - 1, "ready.", timeout=60)
         return proc
 
     def log(self, index: int = -1) -> str:
