@@ -25,16 +25,27 @@ FLAG_PROPAGATION = 2.2  # every process obeys a flag change within 2 s (CONTRACT
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Ports nobody else is handed until the processes they are meant for bind them.
+
+    A port picked with bind(0) and closed is free again at once: until the stack binds it, seconds later,
+    any other bind(0) or outgoing connection on the machine may take it. So each port is left in
+    TIME_WAIT (the accepting side closes first): for a minute the kernel hands it to no bind(0) and no
+    connect(), while a server that binds it by number with SO_REUSEADDR (gunicorn, http.server, the chaos
+    proxy and every server of the stack) still can.
+    """
+    return [_reserve_port() for _ in range(count)]
+
+
+def _reserve_port() -> int:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            accepted, _ = listener.accept()
+            accepted.close()
+    return port
 
 
 def stop_process(process: subprocess.Popen[bytes], *, grace: float, group: bool = False) -> None:

@@ -7,14 +7,13 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from chaosproxy.client import ToxiproxyClient
-from tests.stack import RunningStack, descendants
+from tests.stack import RunningStack
 
 PENDING = "PaymentPending"
 CONFIRMED = "Confirmed"
@@ -56,10 +55,16 @@ def set_faults(stack: RunningStack, simulator: str, **faults: Any) -> None:
 
 
 def calm(stack: RunningStack, chaos: ToxiproxyClient) -> None:
-    """Every proxy enabled without toxics, no simulator fault, every circuit closed with an empty window."""
+    """Every proxy enabled without toxics, no simulator fault, every circuit closed with an empty window,
+    and no order left waiting for its payment (so no job of an earlier test runs under a later one's
+    faults and opens the shared circuit before that test's first call)."""
     chaos.reset()
     for name in SIMULATORS:
         requests.delete(f"{stack.simulators[name]}/faults", timeout=5).raise_for_status()
+    for name in CIRCUITS:
+        reset_circuit(stack, name)
+    stack.wait_settled()
+    # A call that was under way when the faults went may have failed since: start from an empty window.
     for name in CIRCUITS:
         reset_circuit(stack, name)
 
@@ -123,24 +128,9 @@ def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels:
 
 # -- processes and logs ----------------------------------------------------------------------------------
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def api_worker_pids(stack: RunningStack) -> set[int]:
     """The gunicorn processes that serve requests: children of the gunicorn master."""
-    gunicorn = {pid for pid in descendants(stack.process.pid) if "gunicorn" in _cmdline(pid)}
-    return {pid for pid in gunicorn if _parent(pid) in gunicorn}
+    return stack.api_processes()
 
 
 def log_size(stack: RunningStack) -> int:

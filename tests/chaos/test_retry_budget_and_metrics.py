@@ -21,6 +21,7 @@ from tests.chaos.helpers import (
     set_faults,
     timed_order,
     total,
+    wait_until,
 )
 from tests.stack import RunningStack, running_stack
 
@@ -29,8 +30,8 @@ RATIO = 0.1
 MIN_PER_SECOND = 1.0
 BUDGET_WINDOW = 10.0  # the budget's sliding window (app/resilience/budget.py)
 ORDERS = 40
-EXTRA_BURSTS = 5  # more outage bursts, if the first landed on one gunicorn process
-EXTRA_ORDERS = 16
+EXTRA_ORDERS = 16  # per extra outage burst, sent while the bursts so far landed on one gunicorn process
+SPREAD_DEADLINE = 60.0
 FLAG_DELAY = 2.1  # every process obeys a flag change within 2 s
 
 POLICIES = f"""
@@ -114,16 +115,16 @@ def test_api_metrics_count_the_orders_of_every_gunicorn_process(stack: RunningSt
 
     # Every failed capture logs a retry or a spent budget, with the pid of the process that served it;
     # the workers never retry in a call, so these lines come from the API alone. Which process accepts a
-    # connection is the kernel's choice, so a burst can land on one process: more bursts follow until two
-    # processes have served, and the aggregate must still count every order of every burst.
+    # connection is the kernel's choice (and a process still loading the app accepts none), so a burst can
+    # land on one process: more bursts follow until two processes have served, and the aggregate must
+    # still count every order of every burst.
     def served_by() -> set[int]:
         return {e["pid"] for e in log_events(stack, since=outage.log_offset)
                 if e.get("event") in ("RetryScheduled", "BudgetExhausted") and e.get("service") == "payment"}
 
     sent = ORDERS
-    for _ in range(EXTRA_BURSTS):
-        if len(served_by()) >= 2:
-            break
+    deadline = time.monotonic() + SPREAD_DEADLINE
+    while len(served_by()) < 2 and time.monotonic() < deadline:
         set_faults(stack, "payment", error_rate=1.0, error_status=500)
         try:
             created(burst(stack, EXTRA_ORDERS, parallel=8))
@@ -155,5 +156,6 @@ def test_worker_metrics_count_the_job_that_confirmed_a_flag_off_order(stack: Run
     confirmed = stack.wait_for_status(order["id"], CONFIRMED, timeout=45)
     assert confirmed["status"] == CONFIRMED, stack.tail()
     assert confirmed["payment"]["attempts"] == 1
-    assert succeeded() >= before + 1
+    # The job counts its outcome once it has settled the order, a moment after the order reads Confirmed.
+    assert wait_until(lambda: succeeded() >= before + 1, timeout=10), (before, succeeded())
     time.sleep(max(0.0, enabled_at + FLAG_DELAY - time.monotonic()))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import requests
 
+from bench.stack import free_ports
 from chaosproxy.client import ToxiproxyClient
 from chaosproxy.server import ChaosProxyServer
 from tests.chaosproxy.conftest import Upstream, connect, listen_port, round_trip
@@ -18,9 +17,7 @@ def url(chaos_server: ChaosProxyServer, client: ToxiproxyClient) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _create(url: str, upstream: Upstream, name: str = "svc", **extra: object) -> requests.Response:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.stack import free_ports
 from chaosproxy.client import ToxiproxyClient
 from chaosproxy.server import start
 from tests.chaosproxy.conftest import Upstream, connect, round_trip
@@ -118,9 +119,7 @@ def test_each_event_loop_proxies_delays_and_resets(loop_client: ToxiproxyClient,
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

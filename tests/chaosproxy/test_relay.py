@@ -58,7 +58,8 @@ def test_a_toxic_added_after_the_last_was_removed_acts_on_the_open_connection(
             assert (echoed, took >= 0.145) == (b"ping", True)
             api.remove_toxic("svc", f"latency_{stream}")
             echoed, took = round_trip(sock, b"x" * 100_000)
-            assert (echoed, took < 0.1) == (b"x" * 100_000, True)
+            # Well under the removed toxic's latency, with room for a loaded machine's pauses.
+            assert (echoed, took < 0.14) == (b"x" * 100_000, True)
 
 
 def test_a_large_response_to_a_slow_reader_arrives_intact(

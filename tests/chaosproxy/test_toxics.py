@@ -49,7 +49,8 @@ def test_jitter_stays_within_bounds_and_varies(client: ToxiproxyClient, echo: Up
     with connect(proxy) as sock:
         for _ in range(12):
             samples.append(round_trip(sock)[1])
-    assert all(0.035 <= s < 0.2 for s in samples), samples
+    # Never sooner than latency - jitter; the upper bound leaves room for a loaded machine's pauses.
+    assert all(0.035 <= s < 0.3 for s in samples), samples
     assert max(samples) - min(samples) > 0.02
 
 
@@ -177,7 +178,7 @@ def test_toxicity_zero_spares_and_one_hits_every_connection(client: ToxiproxyCli
     client.add_toxic("svc", "latency", {"latency": 300}, name="spared", toxicity=0.0)
     for _ in range(5):
         with connect(proxy) as sock:
-            assert round_trip(sock)[1] < 0.1
+            assert round_trip(sock)[1] < 0.25
     client.update_toxic("svc", "spared", toxicity=1.0)
     with connect(proxy) as sock:
         assert round_trip(sock)[1] >= 0.29
@@ -198,8 +199,9 @@ def test_toxicity_is_decided_per_connection(client: ToxiproxyClient, echo: Upstr
 
 def test_toxics_added_updated_and_removed_on_open_connections(client: ToxiproxyClient, echo: Upstream) -> None:
     proxy = _proxy(client, echo)
+    # Without a toxic a round trip takes a few ms; the bounds sit just below the latencies they rule out.
     with connect(proxy) as sock:
-        assert round_trip(sock)[1] < 0.1
+        assert round_trip(sock)[1] < 0.14
         client.add_toxic("svc", "latency", {"latency": 150})
         assert round_trip(sock)[1] >= 0.145
         client.update_toxic("svc", "latency_downstream", {"latency": 300})
@@ -207,9 +209,9 @@ def test_toxics_added_updated_and_removed_on_open_connections(client: ToxiproxyC
         client.add_toxic("svc", "bandwidth", {"rate": 1000}, stream="upstream")
         client.remove_toxic("svc", "latency_downstream")
         echoed, took = round_trip(sock, b"x" * 5000)
-        assert (echoed, took < 0.15) == (b"x" * 5000, True)
+        assert (echoed, took < 0.25) == (b"x" * 5000, True)
         client.remove_toxic("svc", "bandwidth_upstream")
-        assert round_trip(sock)[1] < 0.1
+        assert round_trip(sock)[1] < 0.14
 
 
 def test_removing_a_latency_toxic_releases_held_data_at_once(client: ToxiproxyClient, echo: Upstream) -> None:

@@ -44,10 +44,11 @@ def isolate(url: str, prefix: str) -> None:
     store.close()
 
 
-def race_for_probe(url: str, prefix: str, go: Event, results: Any) -> None:
+def race_for_probe(url: str, prefix: str, ready: Any, go: Event, results: Any) -> None:
     cb, store = breaker(url, prefix, break_duration=0.3)
     store.snapshot("payment")  # warm the connection so every process races at once
-    go.wait(10)
+    ready.put(True)
+    go.wait(30)
     try:
         results.put(cb.acquire().code)
     except BrokenCircuitError as exc:

@@ -27,9 +27,8 @@ def test_a_queued_waiter_gets_the_slot_when_it_is_released() -> None:
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(bulkhead.acquire(deadline=time.monotonic() + 5)))
     waiter.start()
-    for _ in range(200):
-        if bulkhead.waiting:
-            break
+    deadline = time.monotonic() + 5
+    while not bulkhead.waiting and time.monotonic() < deadline:
         time.sleep(0.005)
     assert bulkhead.waiting == 1
     with pytest.raises(BulkheadRejectedError):  # the queue (1) is full now

@@ -51,7 +51,8 @@ def test_hedges_are_capped_at_max_hedged_attempts() -> None:
 
     def call(attempt: Attempt) -> str:
         count.append(attempt.hedged)
-        release.wait(0.3)
+        # Long enough for both hedges to start on a loaded machine, and for a third to show if uncapped.
+        release.wait(1.0)
         return "late"
 
     pipeline = ResiliencePipeline("inventory", attempt_timeout=2.0,

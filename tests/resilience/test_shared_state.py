@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -22,6 +23,10 @@ from app.resilience.shared_state import RedisBreakerStore, _Script
 from . import _shared_workers as workers
 
 SPAWN = multiprocessing.get_context("spawn")
+# Breaks, probe timeouts and windows of the timing tests: far longer than a loaded machine's pauses between
+# two statements, which must fall inside them.
+BREAK = 1.0
+WINDOW = 0.5
 
 
 @pytest.fixture
@@ -88,12 +93,14 @@ def test_exactly_one_half_open_probe_across_processes(
     store.flush()
     assert breaker.state == "open"
     go = SPAWN.Event()
-    results = SPAWN.Queue()
-    racers = [SPAWN.Process(target=workers.race_for_probe, args=(redis_url, key_prefix, go, results))
+    ready, results = SPAWN.Queue(), SPAWN.Queue()
+    racers = [SPAWN.Process(target=workers.race_for_probe, args=(redis_url, key_prefix, ready, go, results))
               for _ in range(4)]
     for racer in racers:
         racer.start()
-    time.sleep(1.0)  # the racers are importing and connecting; the break ends meanwhile
+    for _ in racers:  # each has imported and connected: they race at once
+        ready.get(timeout=30)
+    assert wait_for(lambda: breaker.state == "half_open", timeout=5)
     go.set()
     answers = [results.get(timeout=20) for _ in racers]
     for racer in racers:
@@ -128,17 +135,17 @@ def test_threshold_and_minimum_throughput_are_evaluated_in_redis(store: RedisBre
 
 def test_probe_success_closes_and_failure_reopens(store: RedisBreakerStore) -> None:
     hook = RecordingHook()
-    breaker = make_breaker(store, hook, break_duration=0.05)
+    # Long enough that the state read right after the failed probe still falls inside the new break.
+    breaker = make_breaker(store, hook, break_duration=BREAK)
     for _ in range(10):
         breaker.record(False)
     store.flush()
-    time.sleep(0.08)
-    assert breaker.state == "half_open"
+    assert wait_for(lambda: breaker.state == "half_open", timeout=BREAK + 5)
     admission = breaker.acquire()
     assert admission.code == PROBE
     breaker.record(False, probe=admission.probe)
     assert breaker.state == "open"
-    time.sleep(0.08)
+    assert wait_for(lambda: breaker.state == "half_open", timeout=BREAK + 5)
     admission = breaker.acquire()
     assert admission.code == PROBE
     breaker.record(True, probe=admission.probe)
@@ -150,16 +157,24 @@ def test_probe_success_closes_and_failure_reopens(store: RedisBreakerStore) -> N
 
 
 def test_a_lost_probe_frees_itself(store: RedisBreakerStore) -> None:
-    breaker = make_breaker(store, break_duration=0.05, probe_timeout=0.1)
+    # The probe's timeout long enough that the second admission right after it still finds it held.
+    breaker = make_breaker(store, break_duration=0.05, probe_timeout=BREAK)
     for _ in range(10):
         breaker.record(False)
     store.flush()
-    time.sleep(0.08)
+    assert wait_for(lambda: breaker.state == "half_open", timeout=5)
     assert breaker.acquire().code == PROBE
-    with pytest.raises(BrokenCircuitError):
+    with pytest.raises(BrokenCircuitError) as held:
         breaker.acquire()
-    time.sleep(0.15)
-    assert breaker.acquire().code == PROBE
+    assert held.value.state == "half_open"
+
+    def probe_admitted() -> bool:
+        try:
+            return breaker.acquire().code == PROBE
+        except BrokenCircuitError:
+            return False
+
+    assert wait_for(probe_admitted, timeout=BREAK + 5)
 
 
 def test_the_budget_is_shared_through_redis(redis_client: redis.Redis, key_prefix: str) -> None:
@@ -222,24 +237,31 @@ def test_after_a_fork_the_child_flushes_through_its_own_thread(
     breaker = make_breaker(store)
     breaker.record(True)  # the parent's flusher is running now
     store.flush()
+    done_r, done_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: record, never flush by hand, exit once the flusher had time
+    if pid == 0:  # the child: record, never flush by hand, stay until the parent saw the flush (or 20 s)
         try:
+            os.close(done_w)
             for _ in range(3):
                 breaker.record(False)
-            time.sleep(0.5)
+            select.select([done_r], [], [], 20)
         finally:
             os._exit(0)
-    os.waitpid(pid, 0)
-    assert breaker.snapshot().throughput == 4
+    os.close(done_r)
+    try:
+        assert wait_for(lambda: breaker.snapshot().throughput == 4, timeout=10)
+    finally:
+        os.close(done_w)
+        os.waitpid(pid, 0)
 
 
 def test_budget_and_window_hashes_forget_buckets_that_left_the_window(
     redis_client: redis.Redis, key_prefix: str, store: RedisBreakerStore
 ) -> None:
-    breaker = make_breaker(store, sampling_duration=0.2)
-    budget = RetryBudget(ratio=0.5, min_per_second=0.0, window=0.2, name="payment", store=store)
-    deadline = time.monotonic() + 0.8  # 40 buckets of 20 ms go by
+    # A window long enough that the reads right after the loop still find its last calls inside it.
+    breaker = make_breaker(store, sampling_duration=WINDOW)
+    budget = RetryBudget(ratio=0.5, min_per_second=0.0, window=WINDOW, name="payment", store=store)
+    deadline = time.monotonic() + 2 * WINDOW  # 20 buckets go by
     while time.monotonic() < deadline:
         budget.record_call()
         breaker.record(True)
@@ -250,8 +272,8 @@ def test_budget_and_window_hashes_forget_buckets_that_left_the_window(
     assert redis_client.hlen(base + "budget") <= 12
     assert redis_client.hlen(base + "win") <= 12
     assert breaker.snapshot().throughput > 0
-    assert budget.try_spend()  # the calls of the last 0.2 s earn retries
-    time.sleep(0.25)
+    assert budget.try_spend()  # the calls of the last window earn retries
+    time.sleep(WINDOW * 1.25)
     assert not budget.try_spend()  # and no longer once they left the window
     assert breaker.snapshot().throughput == 0
 

@@ -79,7 +79,7 @@ def test_the_command_is_quiet_per_request_by_default() -> None:
     with running("notification") as (proc, url, _):
         _get(url, "/health")
         proc.terminate()
-        proc.wait(timeout=1.0)
+        proc.wait(timeout=10)
         assert proc.stderr is not None
         assert proc.stderr.read() == ""
 
@@ -89,7 +89,7 @@ def test_verbose_logs_one_line_per_request() -> None:
         _get(url, "/health")
         _get(url, "/notifications")
         proc.terminate()
-        proc.wait(timeout=1.0)
+        proc.wait(timeout=10)
         assert proc.stderr is not None
         lines = proc.stderr.read().splitlines()
         assert len(lines) == 2

@@ -154,5 +154,5 @@ def test_faults_never_touch_health_faults_or_read_and_admin_routes(simulator: Si
         started = time.monotonic()
         reply = call(simulator, method, path, json_body=body)
         assert reply.status == 200, (path, reply.body)
-        assert time.monotonic() - started < 0.3, path
+        assert time.monotonic() - started < 0.39, path  # not held back by the 400 ms of latency
     assert business_call(simulator).status == 500

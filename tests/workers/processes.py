@@ -20,6 +20,7 @@ from app.bootstrap import Services, bootstrap
 from app.config import ROOT, Settings
 from app.domain import Order
 from app.services.ordering import PlaceOrder, get_order
+from bench.stack import free_ports
 from simulators import SimulatorServer, serve
 from tests.broker import drop_queues
 from tests.support import DatabaseHandle
@@ -50,11 +51,7 @@ LEASE_MARGIN = 1.0
 
 
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def children_of(pid: int) -> list[int]:
@@ -131,7 +128,7 @@ class WorkerStack:
         log.close()
         self.workers.append(proc)
         if wait:
-            self.wait_for_log(len(self.workers) - 1, "ready.", timeout=20)
+            self.wait_for_log(len(self.workers) - 1, "ready.", timeout=60)
         return proc
 
     def log(self, index: int = -1) -> str:

@@ -83,9 +83,15 @@ def test_failing_forever_dead_letters_after_one_plus_max_retries_then_replay_con
     assert letter.attempts == 1 + MAX_RETRIES
     # The dead_letter queue's consumer logs the event.
     wait_until(lambda: "payment_dead_lettered" in stack.log(), timeout=10, what="the dead-letter log line")
-    scrape = requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).text
-    assert 'payment_jobs_total{outcome="dead_lettered"} 1.0' in scrape
-    assert "payment_dead_letters 1.0" in scrape
+
+    def scrape() -> str:
+        return requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).text
+
+    # The job counts its outcome once it has settled the order, which may be after the dead letter's consumer
+    # logged it.
+    wait_until(lambda: 'payment_jobs_total{outcome="dead_lettered"} 1.0' in scrape(), timeout=10,
+               what="the dead-lettered job counted", on_timeout=scrape)
+    assert "payment_dead_letters 1.0" in scrape()
 
     stack.faults()
     dead_letters.replay_dead_letter(stack.services.engine, letter.id, publisher=stack.services.placement.publisher)
