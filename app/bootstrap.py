@@ -15,12 +15,14 @@ from app.services.flags import FlagService
 from app.services.idempotency import IdempotencyStore
 from app.services.ordering import OrderPlacement
 from app.services.readiness import Readiness
+from app.services.unit_of_work import UnitOfWorkFactory, deliver_to
 
 
 @dataclass
 class Services:
     settings: Settings
     engine: Engine
+    uow: UnitOfWorkFactory
     redis: redis.Redis
     flags: FlagService
     placement: OrderPlacement
@@ -33,6 +35,7 @@ class Services:
 
 def bootstrap(settings: Settings, **overrides: Any) -> Services:
     from app.adapters.db import make_engine
+    from app.adapters.sql import SqlUnitOfWorkFactory
     from app.resilience.config import load_policies
 
     policies = overrides.pop("policies", None) or load_policies(settings.resilience_file)
@@ -42,40 +45,40 @@ def bootstrap(settings: Settings, **overrides: Any) -> Services:
     redis_client = overrides.pop("redis", None) or redis.Redis.from_url(
         settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
     )
-    flags = overrides.pop("flags", None) or FlagService(engine)
-    dependencies = overrides.pop("dependencies", None) or _dependencies(settings, policies, redis_client, flags)
+    dependencies = overrides.pop("dependencies", None) or _dependencies(settings, policies, redis_client)
     inventory = dependencies["inventory"]
     payments = dependencies["payments"]
     publisher = dependencies["publisher"]
+    uow = SqlUnitOfWorkFactory(engine, deliver_to(publisher))
+    flags = overrides.pop("flags", None) or FlagService(uow)
     placement = OrderPlacement(
-        engine=engine,
+        uow=uow,
         inventory=inventory,
         payments=payments,
         flags=flags,
-        publisher=publisher,
         request_deadline=policies.api.request_deadline,
         inventory_total_timeout=policies.dependencies["inventory"].total_timeout,
         monotonic=time.monotonic,
         payment_total_timeout=policies.dependencies["payment"].total_timeout,
     )
-    idempotency = IdempotencyStore(engine, lock_for=timedelta(seconds=policies.api.request_deadline))
+    idempotency = IdempotencyStore(uow, lock_for=timedelta(seconds=policies.api.request_deadline))
     checks = {"database": _database_check(engine), "broker": _broker_check(settings, redis_client)}
     checks.update(dependencies.get("checks", {}))
     readiness = Readiness(checks)
-    fleet = _fleet_collector(engine, dependencies.get("circuits"))
+    fleet = _fleet_collector(uow, dependencies.get("circuits"))
     if overrides:
         raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
     return Services(
-        settings=settings, engine=engine, redis=redis_client, flags=flags, placement=placement,
+        settings=settings, engine=engine, uow=uow, redis=redis_client, flags=flags, placement=placement,
         idempotency=idempotency, inventory=inventory, payments=payments, readiness=readiness,
         extra={"policies": policies, "fleet_collector": fleet, **dependencies},
     )
 
 
-def _dependencies(settings: Settings, policies: Any, redis_client: redis.Redis, flags: FlagService) -> dict[str, Any]:
+def _dependencies(settings: Settings, policies: Any, redis_client: redis.Redis) -> dict[str, Any]:
     from app.adapters.dependencies import build_dependencies
 
-    return build_dependencies(settings, policies, redis_client, flags)
+    return build_dependencies(settings, policies, redis_client)
 
 
 def _database_check(engine: Engine) -> Any:
@@ -135,17 +138,10 @@ def _amqp_check(url: str) -> Any:
     return check
 
 
-def _fleet_collector(engine: Engine, circuits: Any) -> Any:
-    from app.adapters import repository as repo
-    from app.adapters.db import read
+def _fleet_collector(uow: UnitOfWorkFactory, circuits: Any) -> Any:
     from app.metrics import FleetCollector
+    from app.services.dead_letters import count_unreplayed
+    from app.services.payment_jobs import count_backlog
 
-    def dead_letters() -> int:
-        with read(engine) as conn:
-            return repo.count_unreplayed_dead_letters(conn)
-
-    def backlog() -> int:
-        with read(engine) as conn:
-            return repo.count_payment_backlog(conn)
-
-    return FleetCollector(circuits.states if circuits is not None else dict, dead_letters, backlog)
+    return FleetCollector(circuits.states if circuits is not None else dict, lambda: count_unreplayed(uow),
+                          lambda: count_backlog(uow))

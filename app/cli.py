@@ -77,23 +77,25 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         print(f"orderflow: {problem}", file=sys.stderr)
         return 1
     from app.adapters.db import make_engine
+    from app.adapters.sql import SqlUnitOfWorkFactory
+    from app.services.unit_of_work import StorageError
 
     engine = make_engine(settings.database_url, schema=settings.database_schema, pool_size=1)
     try:
         if args.group == "flags":
-            return _flags(engine, args)
-        return _dead_letters(engine, args, settings)
-    except SQLAlchemyError as exc:
+            return _flags(SqlUnitOfWorkFactory(engine), args)
+        return _dead_letters(SqlUnitOfWorkFactory(engine), args, settings)
+    except (SQLAlchemyError, StorageError) as exc:
         print(f"orderflow: database error: {error_line(exc)}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
 
 
-def _flags(engine: Any, args: argparse.Namespace) -> int:
+def _flags(uow: Any, args: argparse.Namespace) -> int:
     from app.services.flags import FlagService
 
-    service = FlagService(engine)
+    service = FlagService(uow)
     if args.command == "list":
         _print({"flags": [f.to_dict() for f in service.all()]})
         return 0
@@ -106,17 +108,18 @@ def _flags(engine: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _dead_letters(engine: Any, args: argparse.Namespace, settings: Settings) -> int:
+def _dead_letters(uow: Any, args: argparse.Namespace, settings: Settings) -> int:
     from app.services import dead_letters
+    from app.services.unit_of_work import deliver_to
 
     if args.command == "list":
-        _print({"items": [d.to_dict() for d in dead_letters.list_dead_letters(engine)]})
+        _print({"items": [d.to_dict() for d in dead_letters.list_dead_letters(uow)]})
         return 0
     from workers.publisher import CeleryPublisher
 
     publisher = CeleryPublisher(settings)
     try:
-        replayed = dead_letters.replay_dead_letter(engine, args.id, publisher=publisher)
+        replayed = dead_letters.replay_dead_letter(uow.with_publisher(deliver_to(publisher)), args.id)
     except (dead_letters.DeadLetterNotFound, dead_letters.DeadLetterAlreadyReplayed,
             dead_letters.OrderNotReplayable) as exc:
         print(f"orderflow: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -48,6 +49,15 @@ HTTP_CLIENT_REQUESTS = Counter(
 )
 ORDERS_CREATED = Counter("orders_created_total", "Orders created, by status at creation.", ["status"])
 PAYMENT_JOBS = Counter("payment_jobs_total", "Payment job runs by outcome.", ["outcome"])
+_PAYMENT_JOB_OUTCOMES: dict[str, Any] = {}
+
+
+def count_payment_job(outcome: str) -> None:
+    """The payment job runner's hook: one run ended with `outcome` (the labelled child is looked up once)."""
+    counter = _PAYMENT_JOB_OUTCOMES.get(outcome)
+    if counter is None:
+        counter = _PAYMENT_JOB_OUTCOMES[outcome] = PAYMENT_JOBS.labels(outcome)
+    counter.inc()
 
 STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2, "isolated": 3}
 

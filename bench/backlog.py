@@ -74,17 +74,17 @@ def _engine(db: Database):  # type: ignore[no-untyped-def]
 
 def write_backlog(db: Database, settings: Settings, count: int) -> list[str]:
     """The API's flag-off writes for `count` orders, and its hint for each."""
-    from app.adapters import repository as repo
-    from app.adapters.db import read, write
+    from app.adapters.sql import SqlUnitOfWorkFactory
     from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
     from workers.publisher import CeleryPublisher
 
     engine = _engine(db)
+    uow = SqlUnitOfWorkFactory(engine)
     publisher = CeleryPublisher(settings)
     ids: list[str] = []
     try:
-        with read(engine) as conn:
-            price = repo.products_by_id(conn, [1])[1].unit_price
+        with uow(read_only=True) as unit:
+            price = unit.catalog.products_by_id([1])[1].unit_price
         for start in range(0, count, INSERT_BATCH):
             now = datetime.now(UTC)
             batch = [
@@ -102,9 +102,11 @@ def write_backlog(db: Database, settings: Settings, count: int) -> list[str]:
                 )
                 for _ in range(min(INSERT_BATCH, count - start))
             ]
-            with write(engine) as conn:
+            with uow() as unit:
                 for order in batch:
-                    repo.insert_order(conn, order, job_due_at=now)
+                    unit.orders.add(order)
+                    unit.outbox.payments.add(order.id, due_at=now, now=now)
+                unit.commit()
             for order in batch:
                 publisher.send_payment(order.id)
             ids += [order.id for order in batch]
@@ -114,10 +116,9 @@ def write_backlog(db: Database, settings: Settings, count: int) -> list[str]:
 
 
 def confirmed(engine: object) -> int:
-    from app.adapters.db import read
-    from app.adapters.tables import orders
+    from app.adapters.sql.tables import orders
 
-    with read(engine) as conn:  # type: ignore[arg-type]
+    with engine.connect() as conn:  # type: ignore[attr-defined]
         return int(
             conn.execute(
                 select(func.count())
@@ -365,7 +366,7 @@ def _cpu_note(ours: Drain, noop: Drain, bare: float) -> str:
         f"service through its proxy, one Redis EVALSHA), which cost {bare:.2f} ms of CPU per job when made in this "
         f"run with the bare drivers (raw DBAPI connection, http.client, redis-py) and no OrderFlow code. Together "
         f"{floor:.2f} ms, {verdict}. OrderFlow's code in the pool processes added {above_bare:.2f} ms per job to "
-        "the bare round trips: SQLAlchemy around the claim and the settle (app/adapters/jobs_repository.py), the "
+        "the bare round trips: SQLAlchemy around the claim and the settle (app/adapters/sql/outbox.py), the "
         "resilience pipeline and the HTTP client around the capture and its circuit admission, and the "
         "order_confirmed notification from the process's sender thread (the profile above shows the split). "
         f"Celery's main process, the same code for both, took {shares.get('Celery main process', 0.0):.2f} ms per "

@@ -65,7 +65,7 @@ def baseline_server(stack: BenchStack) -> Iterator[str]:
 
 def pending_orders(db: Database) -> int:
     from app.adapters.db import make_engine, read
-    from app.adapters.tables import orders
+    from app.adapters.sql.tables import orders
 
     engine = make_engine(db.url, schema=db.schema, pool_size=1)
     try:

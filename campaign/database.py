@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from app.adapters.db import is_sqlite, make_engine
 from app.adapters.migrate import scratch_schema, upgrade
-from app.adapters.tables import dead_letters, order_lines, orders, payment_jobs
+from app.adapters.sql.tables import dead_letters, order_lines, orders, payment_jobs
 from bench.environment import Database
 
 from .snapshot import DeadLetterRow, JobRow, OrderRow, Snapshot

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import text
 
 from app.adapters.db import is_sqlite, make_engine
-from app.adapters.tables import metadata
+from app.adapters.sql.tables import metadata
 from app.config import Settings
 
 config = context.config

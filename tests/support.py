@@ -76,7 +76,7 @@ class FakePayments:
                 source: str) -> CaptureResult:
         from datetime import UTC, datetime
 
-        from app.adapters.repository import AttemptRecord
+        from app.domain import AttemptRecord
 
         self.calls.append(order_id)
         outcome = "declined" if customer_id == 402 else self.outcome
@@ -88,6 +88,10 @@ class FakePayments:
 @dataclass
 class FakePublisher:
     due: list[str] = field(default_factory=list)
+    dead_letters: list[tuple[int, str]] = field(default_factory=list)
 
     def payment_due(self, order_id: str) -> None:
         self.due.append(order_id)
+
+    def dead_lettered(self, dead_letter_id: int, order_id: str) -> None:
+        self.dead_letters.append((dead_letter_id, order_id))

@@ -28,14 +28,18 @@ class OutboxRelayStep(bootsteps.StartStopStep):
         self.thread: Any = None
 
     def start(self, parent: Any) -> None:
+        from workers.celery_app import PROCESS_PAYMENT, QUEUES, SEND_NOTIFICATION
         from workers.context import worker_context
-        from workers.relay import OutboxRelay, RelayThread
+        from workers.relay import OutboxRelay, RelayThread, no_fork
 
         context = worker_context()
         relay = OutboxRelay(
-            engine=context.services.engine,
+            uow=context.services.uow,
             send_payment=context.publisher.send_payment,
             send_notification=context.publisher.send_notification,
+            payment_queue=QUEUES[PROCESS_PAYMENT],
+            notification_queue=QUEUES[SEND_NOTIFICATION],
+            guard=no_fork,
             republish_after=context.republish_after,
             waiting=context.publisher.waiting,
             payments_held=lambda: context.payments.gateway.circuit_break_until() is not None,

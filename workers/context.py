@@ -14,6 +14,7 @@ from typing import Any
 
 from app.bootstrap import Services, bootstrap
 from app.config import Settings
+from app.metrics import count_payment_job
 from app.services.notifications import BackgroundConfirmations, NotificationRunner
 from app.services.payment_jobs import DEFAULT_LEASE_MARGIN, PaymentJobRunner
 from workers.publisher import CeleryPublisher
@@ -58,7 +59,7 @@ def build_context(services: Services) -> WorkerContext:
     lease_margin = _seconds(LEASE_MARGIN_ENV, DEFAULT_LEASE_MARGIN)
     notification_policy = policies.dependencies["notification"]
     notifications = NotificationRunner(
-        engine=services.engine, sender=services.extra["notifier"], flags=services.flags,
+        uow=services.uow, sender=services.extra["notifier"], flags=services.flags,
         send_timeout=notification_policy.total_timeout, lease_margin=lease_margin,
     )
     confirmations = BackgroundConfirmations(notifications)
@@ -66,8 +67,8 @@ def build_context(services: Services) -> WorkerContext:
         services=services,
         publisher=publisher,
         payments=PaymentJobRunner(
-            engine=services.engine, gateway=services.extra["job_payments"], config=policies.jobs_payment,
-            announcer=publisher, confirmations=confirmations, lease_margin=lease_margin,
+            uow=services.uow, gateway=services.extra["job_payments"], config=policies.jobs_payment,
+            confirmations=confirmations, lease_margin=lease_margin, on_outcome=count_payment_job,
         ),
         notifications=notifications,
         confirmations=confirmations,

@@ -90,49 +90,18 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 def lock_wait(seconds: float) -> float:
-    """A wait for `write(..., wait=)`: what is left of a deadline, within [MIN_LOCK_WAIT, DB_WAIT_SECONDS]."""
+    """How long a transaction bound to a deadline may wait for a lock: what is left of the deadline, within
+    [MIN_LOCK_WAIT, DB_WAIT_SECONDS]. The services' unit of work applies it (`lock_wait` execution option)."""
     return min(DB_WAIT_SECONDS, max(MIN_LOCK_WAIT, seconds))
 
 
+# Plain transactions for code outside the services (the naive baseline of the benchmarks); the services go
+# through the unit of work (`app.adapters.sql`).
 @contextmanager
-def write(engine: Engine, *, wait: float | None = None) -> Iterator[Connection]:
-    """One write transaction (BEGIN IMMEDIATE on SQLite), committed on success. `wait` bounds how long it waits
-    for a lock (below the engine's DB_WAIT_SECONDS), for a transaction that must end by a deadline."""
-    if wait is None:
-        with engine.begin() as conn:
-            yield conn
-        return
-    with engine.connect() as plain:
-        conn = plain.execution_options(lock_wait=wait)
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(wait * 1000))}")
-            yield conn
-
-
-class CommitOutcomeUnknown(Exception):
-    """The COMMIT itself failed (the connection died, the server went away): the transaction may or may not
-    have been committed. `__cause__` is the database error."""
-
-
-@contextmanager
-def write_reporting_commit(engine: Engine) -> Iterator[Connection]:
-    """As `write`, but a failure of the COMMIT is told apart from a failure before it: an error raised in the
-    block (or by BEGIN) means nothing was stored; CommitOutcomeUnknown means it may have been."""
-    with engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            yield conn
-        except BaseException:
-            try:
-                transaction.rollback()
-            except Exception:  # noqa: BLE001 - a dead connection rolls back by itself; the first error matters
-                pass
-            raise
-        try:
-            transaction.commit()
-        except Exception as exc:
-            raise CommitOutcomeUnknown(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+def write(engine: Engine) -> Iterator[Connection]:
+    """One write transaction (BEGIN IMMEDIATE on SQLite), committed on success."""
+    with engine.begin() as conn:
+        yield conn
 
 
 @contextmanager

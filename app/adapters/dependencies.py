@@ -19,9 +19,8 @@ from typing import Any
 import redis
 
 from app.adapters.http import HttpResponse, HttpTimeoutError, HttpTransport, HttpTransportError
-from app.adapters.repository import AttemptRecord
 from app.config import Settings
-from app.domain import InventorySource, payment_key
+from app.domain import AttemptRecord, InventorySource, payment_key
 from app.metrics import PrometheusHook
 from app.resilience import (
     BrokenCircuitError,
@@ -382,8 +381,7 @@ def payment_probe_timeout(policies: ResilienceConfig) -> float:
     return max(policies.dependencies["payment"].attempt_timeout, policies.jobs_payment.attempt_timeout)
 
 
-def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_client: redis.Redis,
-                       flags: Any) -> dict[str, Any]:
+def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_client: redis.Redis) -> dict[str, Any]:
     # Circuit state and the cache get their own client with short timeouts: a hung Redis must cost
     # milliseconds per call, not redis-py's default seconds.
     state_client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.05, socket_connect_timeout=0.05)

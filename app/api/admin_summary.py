@@ -7,9 +7,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
-from app.adapters.db import read
-from app.adapters.repository import count_orders_by_status
 from app.api.admin import require_token
+from app.services.ordering import order_counts
 
 bp = Blueprint("admin_summary", __name__, url_prefix="/admin/orders")
 
@@ -25,6 +24,5 @@ def _services() -> Any:
 
 @bp.get("/summary")
 def order_summary() -> Response:
-    with read(_services().engine) as conn:
-        counts = count_orders_by_status(conn)
+    counts = order_counts(_services().uow)
     return Response(json.dumps({"counts": counts}), status=200, mimetype="application/json")

@@ -33,7 +33,7 @@ def _json(status: int, payload: object) -> Response:
 
 @bp.get("")
 def list_dead_letters() -> Response:
-    items = dead_letters.list_dead_letters(_services().engine)
+    items = dead_letters.list_dead_letters(_services().uow)
     return _json(200, {"items": [d.to_dict() for d in items]})
 
 
@@ -43,9 +43,7 @@ def replay(dead_letter_id: int) -> Response:
     if dead_letter_id > MAX_ID:
         raise Problem(404, "Unknown dead letter", f"There is no dead letter {dead_letter_id}.", slug="not-found")
     try:
-        replayed = dead_letters.replay_dead_letter(
-            services.engine, dead_letter_id, publisher=services.placement.publisher
-        )
+        replayed = dead_letters.replay_dead_letter(services.uow, dead_letter_id)
     except dead_letters.DeadLetterNotFound as exc:
         raise Problem(404, "Unknown dead letter", str(exc), slug="not-found") from exc
     except dead_letters.DeadLetterAlreadyReplayed as exc:

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.api.problems import Problem, database_unavailable, problem_response
 from app.api.validation import MAX_BODY
+from app.services.unit_of_work import StorageError
 
 log = logging.getLogger("orderflow.api")
 
@@ -34,6 +35,7 @@ def register_error_handlers(app: Flask) -> None:
         body = {"type": "about:blank", "title": exc.name, "status": status, "detail": exc.description or exc.name}
         return problem_response(status, body, headers)
 
+    @app.errorhandler(StorageError)
     @app.errorhandler(OperationalError)
     @app.errorhandler(PoolTimeout)
     @app.errorhandler(DBAPIError)

@@ -6,11 +6,7 @@ import json
 import time
 
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy import Engine
 
-from app.adapters import repository as repo
-from app.adapters.db import read
-from app.adapters.repository import StoredResponse
 from app.api.problems import Problem, validation_problem
 from app.api.validation import (
     MAX_ID,
@@ -24,6 +20,7 @@ from app.metrics import ORDERS_CREATED
 from app.services import ordering
 from app.services.idempotency import KeyBinding, KeyInUse, KeyReused, Replayed
 from app.services.ordering import OrderMayBeStored, PlaceOrder
+from app.services.unit_of_work import StoredResponse, UnitOfWorkFactory
 
 bp = Blueprint("orders", __name__)
 
@@ -59,7 +56,7 @@ def place_order() -> Response:
         return _stored_to_response(produce())
     try:
         outcome = services.idempotency.run(
-            key, canonical_fingerprint(document), produce, lambda order_id: _current_order(services.engine, order_id),
+            key, canonical_fingerprint(document), produce, lambda order_id: _current_order(services.uow, order_id),
             finish_by=started + services.placement.request_deadline + RESPONSE_STORE_SLACK,
         )
     except KeyReused:
@@ -79,9 +76,9 @@ def place_order() -> Response:
     return _stored_to_response(outcome)
 
 
-def _current_order(engine: Engine, order_id: str) -> StoredResponse:
+def _current_order(uow: UnitOfWorkFactory, order_id: str) -> StoredResponse:
     """The answer for a key whose first request stored its order but no response: the order as it is now."""
-    order = ordering.get_order(engine, order_id)
+    order = ordering.get_order(uow, order_id)
     if order is None:  # bound in the order's own transaction, so this cannot be; never answer "nothing changed"
         raise _may_be_stored(order_id)
     return _created(order)
@@ -150,7 +147,7 @@ def _stored_problem(problem: Problem) -> StoredResponse:
 def get_order(order_id: str) -> Response:
     # Ids are short printable text; anything else (a NUL, say) cannot name an order and never reaches the database.
     valid = len(order_id) <= 40 and order_id.isprintable()
-    order = ordering.get_order(_services().engine, order_id) if valid else None
+    order = ordering.get_order(_services().uow, order_id) if valid else None
     if order is None:
         raise Problem(404, "Order not found", f"There is no order {order_id!r}.", slug="not-found")
     return _json(200, order.to_dict())
@@ -175,14 +172,13 @@ def list_orders() -> Response:
             limit = int(raw_limit)
     if errors:
         raise validation_problem(errors, "The query is not valid.")
-    orders: list[Order] = ordering.list_orders(_services().engine, status=status, limit=limit)
+    orders: list[Order] = ordering.list_orders(_services().uow, status=status, limit=limit)
     return _json(200, {"items": [o.to_dict() for o in orders]})
 
 
 @bp.get("/api/products")
 def list_products() -> Response:
-    with read(_services().engine) as conn:
-        products = repo.list_products(conn)
+    products = ordering.products(_services().uow)
     return _json(200, {"items": [{"id": p.id, "name": p.name, "unit_price": str(p.unit_price)} for p in products]})
 
 
@@ -192,9 +188,7 @@ def inventory_level(product_id: str) -> Response:
         raise Problem(404, "Unknown product", f"There is no product {product_id!r}.", slug="unknown-product")
     pid = int(product_id)
     services = _services()
-    with read(services.engine) as conn:
-        known = repo.products_by_id(conn, [pid])
-    if pid not in known:
+    if pid not in ordering.known_products(services.uow, [pid]):
         raise Problem(404, "Unknown product", f"There is no product {pid}.", slug="unknown-product")
     level = services.inventory.level(pid)
     if level.available is None:

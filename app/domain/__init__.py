@@ -1,8 +1,12 @@
 from app.domain.model import (
     ALLOWED_TRANSITIONS,
+    PAYMENT_STATUS_FOR,
     PENDING_MESSAGE,
+    AttemptRecord,
+    DeadLetter,
     DomainError,
     FailureReason,
+    Flag,
     InvalidTransition,
     InventorySource,
     Order,
@@ -12,6 +16,7 @@ from app.domain.model import (
     Payment,
     PaymentDeclined,
     PaymentStatus,
+    Product,
     StockRequest,
     UnknownProduct,
     can_transition,
@@ -23,6 +28,11 @@ from app.domain.model import (
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "PAYMENT_STATUS_FOR",
+    "AttemptRecord",
+    "DeadLetter",
+    "Flag",
+    "Product",
     "PENDING_MESSAGE",
     "DomainError",
     "FailureReason",

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 
 class OrderStatus(enum.StrEnum):
@@ -141,6 +142,80 @@ class Order:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return _iso(moment) if moment is not None else None
+
+
+@dataclass(frozen=True)
+class Product:
+    id: int
+    name: str
+    unit_price: Decimal
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One HTTP call made to the payment service for an order, by the API or a worker."""
+
+    source: str  # "api" | "worker"
+    started_at: datetime
+    duration_ms: int
+    outcome: str
+    http_status: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "started_at": self.started_at.isoformat(),
+            "duration_ms": self.duration_ms,
+            "outcome": self.outcome,
+            "http_status": self.http_status,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A payment the workers gave up on, with the attempts of the run that failed."""
+
+    id: int
+    order_id: str
+    attempts: int
+    last_error: str | None
+    history: list[dict[str, Any]]
+    dead_lettered_at: datetime
+    replayed_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "order_id": self.order_id,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "dead_lettered_at": _iso(self.dead_lettered_at),
+            "replayed_at": _iso_or_none(self.replayed_at),
+        }
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    enabled: bool
+    description: str
+    updated_at: datetime
+    updated_by: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "enabled": self.enabled,
+            "description": self.description,
+            "updated_at": _iso(self.updated_at),
+            "updated_by": self.updated_by,
+        }
 
 
 @dataclass(frozen=True)

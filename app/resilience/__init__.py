@@ -4,6 +4,7 @@ No web framework, task queue or ORM in here: the policies take clocks, sleeps an
 and report every decision as an event to hooks (see `telemetry.py`).
 """
 
+from .backoff import full_jitter_delay
 from .budget import RetryBudget
 from .bulkhead import Bulkhead, BulkheadRejectedError
 from .circuit_breaker import (
@@ -12,7 +13,7 @@ from .circuit_breaker import (
     CircuitSnapshot,
     LocalBreakerStore,
 )
-from .config import PolicyFileError, ResilienceConfig, load_policies, parse_policies
+from .config import JobsPaymentConfig, PolicyFileError, ResilienceConfig, load_policies, parse_policies
 from .fallback import Fallback
 from .hedging import HedgingPolicy
 from .pipeline import Attempt, ResiliencePipeline, build_pipeline
@@ -31,6 +32,7 @@ __all__ = [
     "CircuitSnapshot",
     "Fallback",
     "HedgingPolicy",
+    "JobsPaymentConfig",
     "LocalBreakerStore",
     "LoggingHook",
     "Outcome",
@@ -44,6 +46,7 @@ __all__ = [
     "RetryPolicy",
     "TotalTimeoutError",
     "build_pipeline",
+    "full_jitter_delay",
     "is_retryable_status",
     "load_policies",
     "parse_policies",

@@ -5,14 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine
-
-from app.adapters import jobs_repository as jobs
-from app.adapters import repository as repo
-from app.adapters.db import read, write
-from app.adapters.jobs_repository import DeadLetter
-from app.domain import PENDING_MESSAGE, OrderStatus
-from app.services.ports import JobPublisher
+from app.domain import PENDING_MESSAGE, DeadLetter, OrderStatus
+from app.services.unit_of_work import PaymentDue, UnitOfWorkFactory
 
 
 class DeadLetterNotFound(LookupError):
@@ -32,39 +26,39 @@ class OrderNotReplayable(Exception):
         self.dead_letter = dead_letter
 
 
-def list_dead_letters(engine: Engine, *, limit: int = 500) -> list[DeadLetter]:
+def list_dead_letters(uow: UnitOfWorkFactory, *, limit: int = 500) -> list[DeadLetter]:
     """Newest first."""
-    with read(engine) as conn:
-        return jobs.list_dead_letters(conn, limit=limit)
+    with uow(read_only=True) as unit:
+        return unit.dead_letters.latest(limit=limit)
+
+
+def count_unreplayed(uow: UnitOfWorkFactory) -> int:
+    with uow(read_only=True) as unit:
+        return unit.dead_letters.count_unreplayed()
 
 
 def replay_dead_letter(
-    engine: Engine,
-    dead_letter_id: int,
-    *,
-    publisher: JobPublisher | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    uow: UnitOfWorkFactory, dead_letter_id: int, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> DeadLetter:
-    """The order back to PaymentPending and its job pending with a fresh retry count, due now, and the dead
-    letter marked replayed, in one transaction; then a best-effort hint to the workers."""
+    """The order back to PaymentPending and its job pending with a fresh retry count, due now (its worker asks
+    the ledger before it captures again), and the dead letter marked replayed, in one transaction; then a
+    hint to the workers."""
     moment = now()
-    with write(engine) as conn:
-        dead_letter = jobs.get_dead_letter(conn, dead_letter_id)
+    with uow() as unit:
+        dead_letter = unit.dead_letters.get(dead_letter_id)
         if dead_letter is None:
             raise DeadLetterNotFound(dead_letter_id)
-        if not jobs.mark_dead_letter_replayed(conn, dead_letter_id, now=moment):
+        if not unit.dead_letters.mark_replayed(dead_letter_id, now=moment):
             raise DeadLetterAlreadyReplayed(dead_letter)
-        if not repo.move_order(
-            conn, dead_letter.order_id, from_status=OrderStatus.PAYMENT_FAILED,
-            to_status=OrderStatus.PAYMENT_PENDING, now=moment, message=PENDING_MESSAGE,
-        ):
-            # Raising rolls the replay mark back with it: nothing changed.
-            raise OrderNotReplayable(dead_letter, jobs.order_status(conn, dead_letter.order_id))
-        jobs.restart_payment_job(conn, dead_letter.order_id, now=moment)
-        replayed = jobs.get_dead_letter(conn, dead_letter_id)
+        if not unit.orders.move(dead_letter.order_id, from_status=OrderStatus.PAYMENT_FAILED,
+                                to_status=OrderStatus.PAYMENT_PENDING, now=moment, message=PENDING_MESSAGE):
+            # Leaving without a commit rolls the replay mark back with it: nothing changed.
+            raise OrderNotReplayable(dead_letter, unit.orders.status_of(dead_letter.order_id))
+        unit.outbox.payments.restart(dead_letter.order_id, now=moment)
+        replayed = unit.dead_letters.get(dead_letter_id)
+        unit.publish(PaymentDue(dead_letter.order_id))
+        unit.commit()
     assert replayed is not None
-    if publisher is not None:
-        publisher.payment_due(replayed.order_id)
     return replayed
 
 
@@ -73,6 +67,7 @@ __all__ = [
     "DeadLetterAlreadyReplayed",
     "DeadLetterNotFound",
     "OrderNotReplayable",
+    "count_unreplayed",
     "list_dead_letters",
     "replay_dead_letter",
 ]

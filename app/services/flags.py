@@ -8,10 +8,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine
-
-from app.adapters import repository as repo
-from app.adapters.db import read, write
+from app.domain import Flag
+from app.services.unit_of_work import UnitOfWorkFactory
 
 log = logging.getLogger("orderflow.flags")
 
@@ -22,9 +20,9 @@ CACHE_SECONDS = 1.0
 
 class FlagService:
     def __init__(
-        self, engine: Engine, *, ttl: float = CACHE_SECONDS, monotonic: Callable[[], float] = time.monotonic
+        self, uow: UnitOfWorkFactory, *, ttl: float = CACHE_SECONDS, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
-        self._engine = engine
+        self._uow = uow
         self._ttl = ttl
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -41,8 +39,8 @@ class FlagService:
         if not self._lock.acquire(blocking=False):
             return  # another thread is refreshing; the current values are at most a moment old
         try:
-            with read(self._engine) as conn:
-                self._values = {f.name: f.enabled for f in repo.list_flags(conn)}
+            with self._uow(read_only=True) as uow:
+                self._values = {f.name: f.enabled for f in uow.flags.all()}
             self._loaded_at = self._monotonic()
         except Exception as exc:
             # Keep serving the last known values; try again after a short pause, not on every call.
@@ -51,13 +49,14 @@ class FlagService:
         finally:
             self._lock.release()
 
-    def all(self) -> list[repo.Flag]:
-        with read(self._engine) as conn:
-            return repo.list_flags(conn)
+    def all(self) -> list[Flag]:
+        with self._uow(read_only=True) as uow:
+            return uow.flags.all()
 
-    def set(self, name: str, *, enabled: bool, by: str) -> repo.Flag | None:
-        with write(self._engine) as conn:
-            flag = repo.set_flag(conn, name, enabled=enabled, by=by, now=datetime.now(UTC))
+    def set(self, name: str, *, enabled: bool, by: str) -> Flag | None:
+        with self._uow() as uow:
+            flag = uow.flags.set(name, enabled=enabled, by=by, now=datetime.now(UTC))
+            uow.commit()
         if flag is not None:
             log.info("flag changed", extra={"event": "flag_changed", "flag": name, "enabled": enabled, "by": by})
             self._loaded_at = float("-inf")

@@ -16,12 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
-
-from app.adapters import repository as repo
-from app.adapters.db import lock_wait, write
-from app.adapters.repository import StoredResponse
+from app.services.unit_of_work import Conflict, KeyClaim, StoredResponse, UnitOfWorkFactory
 
 log = logging.getLogger("orderflow.idempotency")
 
@@ -57,7 +52,7 @@ class Replayed:
 
 @dataclass
 class IdempotencyStore:
-    engine: Engine
+    uow: UnitOfWorkFactory
     lock_for: timedelta
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
@@ -91,42 +86,44 @@ class IdempotencyStore:
         except KeyLost:
             raise KeyInUse() from None
         except BaseException:
-            self._release(binding, None if finish_by is None else lock_wait(finish_by - self.monotonic()))
+            self._release(binding, None if finish_by is None else finish_by - self.monotonic())
             raise
-        wait = None if finish_by is None else lock_wait(finish_by - self.monotonic())
+        wait = None if finish_by is None else finish_by - self.monotonic()
         if response.status in STORED_STATUSES:
             self._complete(binding, response, wait)
         else:
             self._release(binding, wait)
         return response
 
-    def _claim(self, key: str, fingerprint: str) -> repo.KeyClaim:
+    def _claim(self, key: str, fingerprint: str) -> KeyClaim:
         token = uuid.uuid4().hex
         for _ in range(3):
             try:
-                with write(self.engine) as conn:
-                    return repo.claim_idempotency_key(
-                        conn, key, fingerprint, now=self.now(), lock_for=self.lock_for, keep_for=KEEP_FOR,
-                        token=token,
-                    )
-            except IntegrityError:
+                with self.uow() as uow:
+                    claim = uow.idempotency.claim(key, fingerprint, now=self.now(), lock_for=self.lock_for,
+                                                  keep_for=KEEP_FOR, token=token)
+                    uow.commit()
+                    return claim
+            except Conflict:
                 # Two first requests raced to insert the key; the loser reads the winner's claim.
                 continue
-        return repo.KeyClaim("in_use")
+        return KeyClaim("in_use")
 
     def _complete(self, binding: KeyBinding, response: StoredResponse, wait: float | None) -> None:
         # The response stands whether or not it could be stored: a repeat of the key is then answered with the
         # bound order as it is now (or, for a 422, placed again, which stores nothing either).
         try:
-            with write(self.engine, wait=wait) as conn:
-                repo.complete_idempotency_key(conn, binding.key, binding.token, response)
+            with self.uow(wait=wait) as uow:
+                uow.idempotency.complete(binding.key, binding.token, response)
+                uow.commit()
         except Exception:  # noqa: BLE001 - the claim lapses by itself; the order, if any, stays bound
             log.warning("idempotent response not stored", exc_info=True,
                         extra={"event": "idempotency_store_failed"})
 
     def _release(self, binding: KeyBinding, wait: float | None) -> None:
         try:
-            with write(self.engine, wait=wait) as conn:
-                repo.release_idempotency_key(conn, binding.key, binding.token, now=self.now())
+            with self.uow(wait=wait) as uow:
+                uow.idempotency.release(binding.key, binding.token, now=self.now())
+                uow.commit()
         except Exception:  # noqa: BLE001 - the claim lapses by itself after the request deadline
             pass

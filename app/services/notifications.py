@@ -17,11 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
-
-from app.adapters import jobs_repository as jobs
-from app.resilience.backoff import full_jitter_delay
+from app.resilience import full_jitter_delay
 from app.services.ports import FlagReader, NotificationSender
+from app.services.unit_of_work import ClaimedNotification, UnitOfWorkFactory
 
 log = logging.getLogger("orderflow.notifications")
 
@@ -30,7 +28,7 @@ NOTIFICATIONS_FLAG = "Notifications"
 
 @dataclass
 class NotificationRunner:
-    engine: Engine
+    uow: UnitOfWorkFactory
     sender: NotificationSender
     flags: FlagReader
     send_timeout: float = 3.0
@@ -47,14 +45,15 @@ def send_notification_job(job_id: int, *, runner: NotificationRunner) -> str:
     """Returns `sent`, `skipped` (flag off), `retry`, `failed` (given up) or `not_due`."""
     now = runner.now()
     lease_until = now + timedelta(seconds=runner.send_timeout + runner.lease_margin)
-    with jobs.single_statement(runner.engine) as conn:
-        job = jobs.claim_notification(conn, job_id, now=now, lease_until=lease_until)
+    with runner.uow(single_statement=True) as uow:
+        job = uow.outbox.notifications.claim(job_id, now=now, lease_until=lease_until)
+        uow.commit()
     if job is None:
         return "not_due"
     return deliver_notification(job, runner=runner)
 
 
-def deliver_notification(job: jobs.ClaimedNotification, *, runner: NotificationRunner) -> str:
+def deliver_notification(job: ClaimedNotification, *, runner: NotificationRunner) -> str:
     """Send a claimed notification job and record the outcome (`sent`, `skipped`, `retry` or `failed`)."""
     if not runner.flags.is_enabled(NOTIFICATIONS_FLAG):
         return _finish(runner, [job], "skipped", job.attempts)
@@ -63,7 +62,7 @@ def deliver_notification(job: jobs.ClaimedNotification, *, runner: NotificationR
     return _failed(runner, job)
 
 
-def _try_send(runner: NotificationRunner, job: jobs.ClaimedNotification) -> bool:
+def _try_send(runner: NotificationRunner, job: ClaimedNotification) -> bool:
     try:
         return runner.sender.send(order_id=job.order_id, kind=job.kind,
                                   deadline=runner.monotonic() + runner.send_timeout)
@@ -72,26 +71,28 @@ def _try_send(runner: NotificationRunner, job: jobs.ClaimedNotification) -> bool
         return False
 
 
-def _failed(runner: NotificationRunner, job: jobs.ClaimedNotification) -> str:
+def _failed(runner: NotificationRunner, job: ClaimedNotification) -> str:
     """A send that did not go out: retried later with backoff, or given up after `max_attempts`."""
     attempts = job.attempts + 1
     if attempts >= runner.max_attempts:
         return _finish(runner, [job], "failed", attempts)
     delay = full_jitter_delay(attempts - 1, runner.backoff_base, runner.backoff_max, runner.rng)
     now = runner.now()
-    with jobs.single_statement(runner.engine) as conn:
-        jobs.retry_notification(conn, job.id, attempts=attempts, due_at=now + timedelta(seconds=delay), now=now)
+    with runner.uow(single_statement=True) as uow:
+        uow.outbox.notifications.retry(job.id, attempts=attempts, due_at=now + timedelta(seconds=delay), now=now)
+        uow.commit()
     log.info("notification retry", extra={"event": "notification", "order_id": job.order_id, "kind": job.kind,
                                           "outcome": "retry", "delay": round(delay, 3)})
     return "retry"
 
 
-def _finish(runner: NotificationRunner, finished: list[jobs.ClaimedNotification], state: str, attempts: int) -> str:
+def _finish(runner: NotificationRunner, finished: list[ClaimedNotification], state: str, attempts: int) -> str:
     """Every job of `finished` (one statement) -> `state`, with `attempts` runs."""
     if finished:
-        with jobs.single_statement(runner.engine) as conn:
-            jobs.finish_notifications(conn, [job.id for job in finished], state=state, attempts=attempts,
-                                      now=runner.now())
+        with runner.uow(single_statement=True) as uow:
+            uow.outbox.notifications.finish([job.id for job in finished], state=state, attempts=attempts,
+                                            now=runner.now())
+            uow.commit()
     outcome = "sent" if state == "done" else state
     # A sent notification is routine (one per confirmed order; the notification service keeps the record):
     # DEBUG. A skipped or failed one is a decision worth a line.
@@ -117,7 +118,7 @@ CONFIRMATION_LINGER = 0.05
 
 @dataclass(frozen=True)
 class _Queued:
-    job: jobs.ClaimedNotification
+    job: ClaimedNotification
     send_by: float  # monotonic; later, its lease may have run out and the relay may have handed the job out
 
 
@@ -159,7 +160,7 @@ class BackgroundConfirmations:
 
     def send(self, job_id: int, order_id: str, kind: str) -> str:
         """Queue a job written claimed for the sender thread; returns at once."""
-        job = jobs.ClaimedNotification(job_id, order_id, kind, 0)
+        job = ClaimedNotification(job_id, order_id, kind, 0)
         self._sender().put(_Queued(job, self.runner.monotonic() + self._sending.lease_margin))
         return "queued"
 

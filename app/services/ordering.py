@@ -9,11 +9,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
-
-from app.adapters import repository as repo
-from app.adapters.db import CommitOutcomeUnknown, lock_wait, read, write, write_reporting_commit
 from app.domain import (
     PENDING_MESSAGE,
     FailureReason,
@@ -24,17 +19,17 @@ from app.domain import (
     OutOfStock,
     Payment,
     PaymentDeclined,
+    Product,
     StockRequest,
     UnknownProduct,
     money,
     worst_source,
 )
 from app.services.idempotency import KeyBinding, KeyLost
-from app.services.ports import CaptureResult, FlagReader, InventoryChecker, JobPublisher, PaymentGateway
+from app.services.ports import CaptureResult, FlagReader, InventoryChecker, PaymentGateway
+from app.services.unit_of_work import CommitOutcomeUnknown, PaymentDue, StorageError, UnitOfWorkFactory
 
 log = logging.getLogger("orderflow.ordering")
-# What a lost or stalled database raises through SQLAlchemy.
-DATABASE_ERRORS = (SQLAlchemyError,)
 
 REAL_TIME_PAYMENTS = "RealTimePayments"
 NOTIFICATIONS = "Notifications"
@@ -78,15 +73,15 @@ class CatalogCache:
     """Products by id, read through a per-process copy that is at most `ttl` old; unknown ids are always
     looked up, and never remembered, so a product added to the catalog is seen at once."""
 
-    def __init__(self, engine: Engine, *, ttl: float, monotonic: Callable[[], float]) -> None:
-        self._engine = engine
+    def __init__(self, uow: UnitOfWorkFactory, *, ttl: float, monotonic: Callable[[], float]) -> None:
+        self._uow = uow
         self._ttl = ttl
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._products: dict[int, repo.Product] = {}
+        self._products: dict[int, Product] = {}
         self._since = float("-inf")
 
-    def products(self, ids: Iterable[int]) -> dict[int, repo.Product]:
+    def products(self, ids: Iterable[int]) -> dict[int, Product]:
         wanted = set(ids)
         now = self._monotonic()
         with self._lock:
@@ -95,8 +90,8 @@ class CatalogCache:
             known, since = self._products, self._since
         missing = [pid for pid in wanted if pid not in known]
         if missing:
-            with read(self._engine) as conn:
-                found = repo.products_by_id(conn, missing)
+            with self._uow(read_only=True) as uow:
+                found = uow.catalog.products_by_id(missing)
             with self._lock:
                 if self._since == since:  # not started over meanwhile: what was read is as fresh
                     self._products = known = {**self._products, **found}
@@ -109,11 +104,10 @@ class CatalogCache:
 class OrderPlacement:
     """Everything place_order needs, built once per process by the composition root."""
 
-    engine: Engine
+    uow: UnitOfWorkFactory
     inventory: InventoryChecker
     payments: PaymentGateway
     flags: FlagReader
-    publisher: JobPublisher
     request_deadline: float
     inventory_total_timeout: float
     monotonic: Callable[[], float]
@@ -129,7 +123,7 @@ class OrderPlacement:
     @property
     def catalog(self) -> CatalogCache:
         if self._catalog is None:
-            self._catalog = CatalogCache(self.engine, ttl=self.catalog_ttl, monotonic=self.monotonic)
+            self._catalog = CatalogCache(self.uow, ttl=self.catalog_ttl, monotonic=self.monotonic)
         return self._catalog
 
     def payment_deadline(self, started: float) -> float:
@@ -202,14 +196,13 @@ class OrderPlacement:
             job_due = max(now, datetime.fromtimestamp(break_until, UTC))
         else:
             job_due = now
-        self._store(order, job_due, binding)
+        # Whenever the job is due now, the workers hear of it at once (after the commit; the relay otherwise).
+        self._store(order, job_due, binding, hint=not real_time and break_until is None)
         self.on_order_created(order)
         # From here on the order is stored: no failure may answer as if nothing was. Whatever goes wrong, the
         # order is answered PaymentPending, and its job (already in the outbox) finishes the payment.
         try:
             if not real_time:
-                if break_until is None:
-                    self.publisher.payment_due(order.id)
                 return order
             return self._pay_in_real_time(order, payment_deadline, finish_by=deadline)
         except PaymentDeclined:
@@ -219,25 +212,29 @@ class OrderPlacement:
                           extra={"event": "placement_failed_after_store", "order_id": order.id})
             return order
 
-    def _store(self, order: Order, job_due: datetime, binding: KeyBinding | None) -> None:
+    def _store(self, order: Order, job_due: datetime, binding: KeyBinding | None, *, hint: bool) -> None:
         """The order, its payment job and (with a key) the key's binding, in one transaction.
 
         A failure before the COMMIT stored nothing and is raised as it is (the request may say so). A failed
         COMMIT may have stored the order: it is read back; found, the placement goes on; not found, nothing
         was stored; unreadable, OrderMayBeStored names the order for the client to look up."""
         try:
-            with write_reporting_commit(self.engine) as conn:
-                if binding is not None and not repo.bind_idempotency_key(conn, binding.key, binding.token, order.id):
+            with self.uow() as uow:
+                if binding is not None and not uow.idempotency.bind(binding.key, binding.token, order.id):
                     raise KeyLost()
-                repo.insert_order(conn, order, job_due_at=job_due)
+                uow.orders.add(order)
+                uow.outbox.payments.add(order.id, due_at=job_due, now=order.created_at)
+                if hint:
+                    uow.publish(PaymentDue(order.id))
+                uow.commit()
         except CommitOutcomeUnknown as unknown:
             try:
-                with read(self.engine) as conn:
-                    stored = repo.order_exists(conn, order.id)
+                with self.uow(read_only=True) as uow:
+                    stored = uow.orders.exists(order.id)
             except Exception:
                 raise OrderMayBeStored(order.id) from unknown
             if not stored:
-                raise unknown.__cause__ or unknown from None
+                raise StorageError(str(unknown)) from unknown
             log.warning("the order's COMMIT failed but the order was stored",
                         extra={"event": "commit_outcome_found", "order_id": order.id})
 
@@ -260,8 +257,8 @@ class OrderPlacement:
         try:
             # A stalled database may keep this transaction only until the request deadline: the answer must
             # not wait past it (the job settles what could not be written).
-            return self._record_payment(order, result, now, wait=lock_wait(finish_by - self.monotonic()))
-        except DATABASE_ERRORS:
+            return self._record_payment(order, result, now, wait=finish_by - self.monotonic())
+        except StorageError:
             # The call's outcome could not be written: the order stays PaymentPending with its job due at the
             # request deadline, and the job settles it (a capture made here is found again under the same key).
             log.warning("real-time payment outcome not recorded; the job settles the order", exc_info=True,
@@ -270,37 +267,50 @@ class OrderPlacement:
             return order
 
     def _record_payment(self, order: Order, result: CaptureResult, now: datetime, *, wait: float) -> Order:
-        with write(self.engine, wait=wait) as conn:
-            repo.record_attempts(conn, order.id, result.attempts, now=now)
+        with self.uow(wait=wait) as uow:
+            uow.orders.record_attempts(order.id, result.attempts, now=now)
             if result.outcome == "captured":
-                if repo.move_order(
-                    conn, order.id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.CONFIRMED,
-                    now=now, payment_id=result.payment_id,
-                ):
-                    repo.close_job(conn, order.id, state="done", now=now)
-                    repo.queue_notification(conn, order.id, ORDER_CONFIRMED, now=now)
+                if uow.orders.move(order.id, from_status=OrderStatus.PAYMENT_PENDING,
+                                   to_status=OrderStatus.CONFIRMED, now=now, payment_id=result.payment_id):
+                    uow.outbox.payments.close(order.id, now=now)
+                    uow.outbox.notifications.add(order.id, ORDER_CONFIRMED, now=now)
             elif result.outcome == "declined":
-                if repo.move_order(
-                    conn, order.id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.PAYMENT_FAILED,
-                    now=now, failure_reason=FailureReason.DECLINED,
-                ):
-                    repo.close_job(conn, order.id, state="done", now=now)
+                if uow.orders.move(order.id, from_status=OrderStatus.PAYMENT_PENDING,
+                                   to_status=OrderStatus.PAYMENT_FAILED, now=now,
+                                   failure_reason=FailureReason.DECLINED):
+                    uow.outbox.payments.close(order.id, now=now)
             else:
-                repo.set_job_due(conn, order.id, due_at=now, now=now)
-            stored = repo.get_order(conn, order.id)
+                uow.outbox.payments.set_due(order.id, due_at=now, now=now)
+                uow.publish(PaymentDue(order.id))
+            stored = uow.orders.get(order.id)
+            uow.commit()
         assert stored is not None
         if result.outcome == "declined":
             raise PaymentDeclined(stored)
-        if result.outcome not in ("captured", "declined"):
-            self.publisher.payment_due(order.id)
         return stored
 
 
-def get_order(engine: Engine, order_id: str) -> Order | None:
-    with read(engine) as conn:
-        return repo.get_order(conn, order_id)
+def get_order(uow: UnitOfWorkFactory, order_id: str) -> Order | None:
+    with uow(read_only=True) as unit:
+        return unit.orders.get(order_id)
 
 
-def list_orders(engine: Engine, *, status: OrderStatus | None, limit: int) -> list[Order]:
-    with read(engine) as conn:
-        return repo.list_orders(conn, status=status, limit=limit)
+def list_orders(uow: UnitOfWorkFactory, *, status: OrderStatus | None, limit: int) -> list[Order]:
+    with uow(read_only=True) as unit:
+        return unit.orders.latest(status=status, limit=limit)
+
+
+def order_counts(uow: UnitOfWorkFactory) -> dict[str, int]:
+    """Orders by status, every status named (0 when none)."""
+    with uow(read_only=True) as unit:
+        return unit.orders.count_by_status()
+
+
+def products(uow: UnitOfWorkFactory) -> list[Product]:
+    with uow(read_only=True) as unit:
+        return unit.catalog.products()
+
+
+def known_products(uow: UnitOfWorkFactory, ids: Iterable[int]) -> set[int]:
+    with uow(read_only=True) as unit:
+        return set(unit.catalog.products_by_id(ids))

@@ -16,19 +16,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import Engine
-
-from app.adapters import jobs_repository as jobs
-from app.adapters import repository as repo
-from app.adapters.db import write
 from app.domain import FailureReason, OrderStatus, check_transition, money
-from app.domain.model import PAYMENT_STATUS_FOR
-from app.metrics import PAYMENT_JOBS
-from app.resilience.backoff import full_jitter_delay
-from app.resilience.config import JobsPaymentConfig
+from app.resilience import JobsPaymentConfig, full_jitter_delay
 from app.services.ports import CaptureResult, JobPaymentGateway
+from app.services.unit_of_work import ClaimedJob, DeadLettered, Settlement, UnitOfWorkFactory
 
 log = logging.getLogger("orderflow.payment_jobs")
 
@@ -36,15 +29,6 @@ ORDER_CONFIRMED = "order_confirmed"
 # How long past the attempt timeout a claimed job stays leased: covers the database writes around the call
 # and a slow process; after it the relay hands the job to another worker.
 DEFAULT_LEASE_MARGIN = 15.0
-
-
-class DeadLetterAnnouncer(Protocol):
-    def dead_lettered(self, dead_letter_id: int, order_id: str) -> None: ...
-
-
-class _Silent:
-    def dead_lettered(self, dead_letter_id: int, order_id: str) -> None:
-        return None
 
 
 class ConfirmationSender(Protocol):
@@ -62,11 +46,12 @@ class ConfirmationSender(Protocol):
 class PaymentJobRunner:
     """Everything one job run needs, built once per worker process."""
 
-    engine: Engine
+    uow: UnitOfWorkFactory
     gateway: JobPaymentGateway
     config: JobsPaymentConfig
-    announcer: DeadLetterAnnouncer = field(default_factory=_Silent)
     confirmations: ConfirmationSender | None = None
+    # Told every outcome but `skipped` (the metrics hook counts them as `payment_jobs_total`).
+    on_outcome: Callable[[str], None] = field(default=lambda outcome: None)
     lease_margin: float = DEFAULT_LEASE_MARGIN
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
@@ -84,22 +69,30 @@ class PaymentJobRunner:
 def process_payment_job(order_id: str, *, runner: PaymentJobRunner) -> str:
     """Run the order's payment job if it is due; returns what happened (a `payment_jobs_total` outcome, or
     `skipped` when there was nothing to run)."""
-    with jobs.one_connection(runner.engine):
+    with runner.uow.pinned():
         return _run(order_id, runner)
+
+
+def count_backlog(uow: UnitOfWorkFactory) -> int:
+    """Payment jobs not finished yet (pending or running)."""
+    with uow(read_only=True) as unit:
+        return unit.outbox.payments.count_open()
 
 
 def _run(order_id: str, runner: PaymentJobRunner) -> str:
     now = runner.now()
     lease_until = now + timedelta(seconds=runner.config.attempt_timeout + runner.lease_margin)
-    with jobs.single_statement(runner.engine) as conn:
-        job = jobs.claim_payment_job(conn, order_id, now=now, lease_until=lease_until, token=uuid.uuid4().hex)
+    with runner.uow(single_statement=True) as uow:
+        job = uow.outbox.payments.claim(order_id, now=now, lease_until=lease_until, token=uuid.uuid4().hex)
+        uow.commit()
     if job is None:
-        return _done(order_id, "skipped", "not due, already running or finished")
+        return _done(runner, order_id, "skipped", "not due, already running or finished")
     if job.order_status != OrderStatus.PAYMENT_PENDING:
         # The real-time path (or an earlier run) already settled the order: nothing left to pay.
-        with jobs.single_statement(runner.engine) as conn:
-            jobs.finish_payment_job(conn, job, state="done", now=now)
-        return _done(order_id, "skipped", "order already settled")
+        with runner.uow(single_statement=True) as uow:
+            uow.outbox.payments.finish(job, state="done", now=now)
+            uow.commit()
+        return _done(runner, order_id, "skipped", "order already settled")
 
     if job.retries > runner.config.max_retries:
         # Past its retries without a run that could end it: its worker died on every run (expired leases), or
@@ -150,15 +143,11 @@ def _run(order_id: str, runner: PaymentJobRunner) -> str:
 # (a JSON line per job would cost the drain more than some of its SQL); every other outcome is a decision
 # an operator wants to see, logged at INFO.
 _ROUTINE = frozenset({"succeeded", "skipped"})
-_COUNTERS: dict[str, Any] = {}
 
 
-def _done(order_id: str, outcome: str, detail: str) -> str:
+def _done(runner: PaymentJobRunner, order_id: str, outcome: str, detail: str) -> str:
     if outcome != "skipped":
-        counter = _COUNTERS.get(outcome)
-        if counter is None:
-            counter = _COUNTERS[outcome] = PAYMENT_JOBS.labels(outcome)
-        counter.inc()
+        runner.on_outcome(outcome)
     level = logging.DEBUG if outcome in _ROUTINE else logging.INFO
     if log.isEnabledFor(level):
         log.log(level, "payment job %s", outcome,
@@ -166,26 +155,28 @@ def _done(order_id: str, outcome: str, detail: str) -> str:
     return outcome
 
 
-def _defer(runner: PaymentJobRunner, job: jobs.ClaimedJob, due: datetime, reason: str) -> str:
+def _defer(runner: PaymentJobRunner, job: ClaimedJob, due: datetime, reason: str) -> str:
     now = runner.now()
-    with write(runner.engine) as conn:
-        jobs.reschedule_payment_job(conn, job, due_at=max(due, now), retries=job.retries, now=now)
-    return _done(job.order_id, "deferred", f"{reason}; due {max(due, now).isoformat()}")
+    with runner.uow() as uow:
+        uow.outbox.payments.reschedule(job, due_at=max(due, now), retries=job.retries, now=now)
+        uow.commit()
+    return _done(runner, job.order_id, "deferred", f"{reason}; due {max(due, now).isoformat()}")
 
 
-def _retry(runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult) -> str:
+def _retry(runner: PaymentJobRunner, job: ClaimedJob, result: CaptureResult) -> str:
     delay = runner.retry_delay(job.retries, retry_after=result.retry_after)
     now = runner.now()
-    with write(runner.engine) as conn:
-        repo.record_attempts(conn, job.order_id, result.attempts, now=now)
-        jobs.reschedule_payment_job(conn, job, due_at=now + timedelta(seconds=delay), retries=job.retries + 1,
-                                    now=now)
-    return _done(job.order_id, "retried", f"retry {job.retries + 1} in {delay:.3f}s: {_error(result)}")
+    with runner.uow() as uow:
+        uow.orders.record_attempts(job.order_id, result.attempts, now=now)
+        uow.outbox.payments.reschedule(job, due_at=now + timedelta(seconds=delay), retries=job.retries + 1,
+                                       now=now)
+        uow.commit()
+    return _done(runner, job.order_id, "retried", f"retry {job.retries + 1} in {delay:.3f}s: {_error(result)}")
 
 
 def _settle(
     runner: PaymentJobRunner,
-    job: jobs.ClaimedJob,
+    job: ClaimedJob,
     result: CaptureResult | None,
     to_status: OrderStatus,
     outcome: str,
@@ -200,25 +191,26 @@ def _settle(
     now = runner.now()
     confirmations = runner.confirmations if to_status is OrderStatus.CONFIRMED else None
     claimed_until = confirmations.claim_until(now) if confirmations is not None else None
-    with jobs.single_statement(runner.engine) as conn:
-        moved, notification = jobs.settle_payment_job(
-            conn, job, from_status=OrderStatus.PAYMENT_PENDING, to_status=to_status,
-            payment_status=PAYMENT_STATUS_FOR[to_status], attempts=result.attempts if result is not None else (),
-            now=now, payment_id=payment_id, failure_reason=failure_reason,
-            notification_kind=ORDER_CONFIRMED if to_status is OrderStatus.CONFIRMED else None,
-            notification_claimed_until=claimed_until,
-        )
+    settlement = Settlement(
+        to_status=to_status, attempts=result.attempts if result is not None else (), now=now,
+        payment_id=payment_id, failure_reason=failure_reason,
+        notification_kind=ORDER_CONFIRMED if to_status is OrderStatus.CONFIRMED else None,
+        notification_claimed_until=claimed_until,
+    )
+    with runner.uow(single_statement=True) as uow:
+        moved, notification = uow.outbox.payments.settle(job, settlement)
+        uow.commit()
     if confirmations is not None and claimed_until is not None and notification is not None:
         try:
             confirmations.send(notification, job.order_id, ORDER_CONFIRMED)
         except Exception:  # best effort: the claimed row is the guarantee, its lease hands it to the relay
             log.warning("confirmation not handed to the sender", exc_info=True,
                         extra={"event": "notification_error", "order_id": job.order_id})
-    return _done(job.order_id, outcome, "order moved" if moved else "order was moved by someone else")
+    return _done(runner, job.order_id, outcome, "order moved" if moved else "order was moved by someone else")
 
 
 def _give_up(
-    runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult, reason: FailureReason, outcome: str
+    runner: PaymentJobRunner, job: ClaimedJob, result: CaptureResult, reason: FailureReason, outcome: str
 ) -> str:
     """Every give-up is the ledger's to decide: an attempt that timed out or was answered with an error may
     still have captured. A capture found confirms the order; none, the dead letter; a ledger that cannot be
@@ -244,64 +236,62 @@ def _payment_id(captures: list[dict[str, object]]) -> str | None:
     return str(found) if found is not None else None
 
 
-def _ledger_unreachable(runner: PaymentJobRunner, job: jobs.ClaimedJob, result: CaptureResult, *,
+def _ledger_unreachable(runner: PaymentJobRunner, job: ClaimedJob, result: CaptureResult, *,
                         give_up: bool) -> str:
     """Run the job again after a backoff. `give_up`: its retries are spent, so the next run makes no call and
     only asks the ledger again; otherwise it asks before it captures."""
     delay = runner.retry_delay(min(job.retries, runner.config.max_retries))
     retries = max(job.retries, runner.config.max_retries) + 1 if give_up else job.retries + 1
     now = runner.now()
-    with write(runner.engine) as conn:
-        repo.record_attempts(conn, job.order_id, result.attempts, now=now)
-        jobs.reschedule_payment_job(conn, job, due_at=now + timedelta(seconds=delay), retries=retries, now=now,
-                                    ledger_first=not give_up)
-    return _done(job.order_id, "retried",
+    with runner.uow() as uow:
+        uow.orders.record_attempts(job.order_id, result.attempts, now=now)
+        uow.outbox.payments.reschedule(job, due_at=now + timedelta(seconds=delay), retries=retries, now=now,
+                                       ledger_first=not give_up)
+        uow.commit()
+    return _done(runner, job.order_id, "retried",
                  f"payment ledger unreachable, asked again in {delay:.3f}s: {_error(result)}")
 
 
-def _past_retries(job: jobs.ClaimedJob) -> str:
+def _past_retries(job: ClaimedJob) -> str:
     return f"no retry left after {job.retries} runs (worker lost or payment ledger unreachable)"
 
 
 def _dead_letter(
     runner: PaymentJobRunner,
-    job: jobs.ClaimedJob,
+    job: ClaimedJob,
     result: CaptureResult,
     reason: FailureReason,
     outcome: str,
     *,
     last_error: str | None = None,
 ) -> str:
-    """The dead letter, the failed order and the dead job in one transaction; the message after commit.
+    """The dead letter, the failed order and the dead job in one transaction; the message after the commit.
 
     Only while this run still holds the job's claim: a run that outlived its lease (a frozen process) may
     find that another run has since captured, and must not fail the order under it."""
     now = runner.now()
     dead_letter_id: int | None = None
-    with write(runner.engine) as conn:
-        held = jobs.hold_claim(conn, job, now=now)
-        repo.record_attempts(conn, job.order_id, result.attempts, now=now)
+    with runner.uow() as uow:
+        held = uow.outbox.payments.hold_claim(job, now=now)
+        uow.orders.record_attempts(job.order_id, result.attempts, now=now)
         if not held:
             pass
-        elif repo.move_order(
-            conn, job.order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.PAYMENT_FAILED,
-            now=now, failure_reason=reason,
-        ):
-            dead_letter_id = jobs.insert_dead_letter(
-                conn, job.order_id, history=jobs.run_history(conn, job.order_id),
+        elif uow.orders.move(job.order_id, from_status=OrderStatus.PAYMENT_PENDING,
+                             to_status=OrderStatus.PAYMENT_FAILED, now=now, failure_reason=reason):
+            dead_letter_id = uow.dead_letters.add(
+                job.order_id, history=uow.orders.attempts_since_last_dead_letter(job.order_id),
                 last_error=last_error or _error(result), now=now,
             )
-            jobs.finish_payment_job(conn, job, state="dead", now=now)
+            uow.outbox.payments.finish(job, state="dead", now=now)
+            # The dead-letter consumer hears of it after the commit; the row is the record.
+            uow.publish(DeadLettered(dead_letter_id, job.order_id))
         else:
-            jobs.finish_payment_job(conn, job, state="done", now=now)
+            uow.outbox.payments.finish(job, state="done", now=now)
+        uow.commit()
     if dead_letter_id is None:
-        return _done(job.order_id, "skipped",
+        return _done(runner, job.order_id, "skipped",
                      "order was moved by someone else" if held else "the job's lease was taken over")
-    try:
-        runner.announcer.dead_lettered(dead_letter_id, job.order_id)
-    except Exception:  # the row is the record; the message only tells the dead-letter consumer early
-        log.warning("dead-letter message not sent", extra={"event": "dead_letter_unsent", "order_id": job.order_id})
-    return _done(job.order_id, outcome, f"dead letter {dead_letter_id}: {last_error or _error(result)}")
+    return _done(runner, job.order_id, outcome, f"dead letter {dead_letter_id}: {last_error or _error(result)}")
 
 
 def _error(result: CaptureResult) -> str:
@@ -315,5 +305,5 @@ def _error(result: CaptureResult) -> str:
     return result.outcome
 
 
-__all__ = ["DEFAULT_LEASE_MARGIN", "ORDER_CONFIRMED", "ConfirmationSender", "PaymentJobRunner",
+__all__ = ["DEFAULT_LEASE_MARGIN", "ORDER_CONFIRMED", "ConfirmationSender", "PaymentJobRunner", "count_backlog",
            "process_payment_job"]

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.adapters.repository import AttemptRecord
-from app.domain import InventorySource
+from app.domain import AttemptRecord, InventorySource
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,8 @@ class FlagReader(Protocol):
 
 
 class JobPublisher(Protocol):
-    """Hands a due job to the workers at once; best effort, the outbox relay covers any miss."""
+    """Tells the workers at once of what the outbox holds; best effort, the outbox relay covers any miss."""
 
     def payment_due(self, order_id: str) -> None: ...
+
+    def dead_lettered(self, dead_letter_id: int, order_id: str) -> None: ...

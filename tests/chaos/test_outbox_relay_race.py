@@ -12,8 +12,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Engine
 
-from app.adapters import repository as repo
-from app.adapters.db import make_engine, write
+from app.adapters.db import make_engine
+from app.adapters.sql import SqlUnitOfWorkFactory
 from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
 from app.resilience.config import JobsPaymentConfig
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
@@ -67,8 +67,10 @@ def pending_order(engine: Engine, *, due_at: datetime) -> str:
         lines=(OrderLine(1, 1, Decimal("12.50")),), payment=Payment(), inventory_source=InventorySource.LIVE,
         created_at=due_at, updated_at=due_at, message=PENDING_MESSAGE,
     )
-    with write(engine) as conn:
-        repo.insert_order(conn, order, job_due_at=due_at)
+    with SqlUnitOfWorkFactory(engine)() as unit:
+        unit.orders.add(order)
+        unit.outbox.payments.add(order.id, due_at=due_at, now=due_at)
+        unit.commit()
     return order.id
 
 
@@ -76,7 +78,7 @@ def test_a_job_deferred_while_the_relay_publishes_it_runs_when_its_deferral_ends
     clock = Clock()
     first = pending_order(engine, due_at=clock() - timedelta(seconds=1))
     second = pending_order(engine, due_at=clock())
-    runner = PaymentJobRunner(engine=engine, gateway=OpenCircuit(clock() + BREAK),  # type: ignore[arg-type]
+    runner = PaymentJobRunner(uow=SqlUnitOfWorkFactory(engine), gateway=OpenCircuit(clock() + BREAK),  # type: ignore[arg-type]
                               config=JobsPaymentConfig(), now=clock)
     published: list[str] = []
 
@@ -87,8 +89,8 @@ def test_a_job_deferred_while_the_relay_publishes_it_runs_when_its_deferral_ends
             # the second one: the circuit is open, so the job is deferred until the break ends.
             assert process_payment_job(second, runner=runner) == "deferred"
 
-    relay = OutboxRelay(engine=engine, send_payment=send_payment, send_notification=lambda job_id: None,
-                        republish_after=REPUBLISH_AFTER, now=clock)
+    relay = OutboxRelay(uow=SqlUnitOfWorkFactory(engine), send_payment=send_payment,
+                        send_notification=lambda job_id: None, republish_after=REPUBLISH_AFTER, now=clock)
     relay.run_once()
     for order_id in published:
         if order_id == second:

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import Engine, delete, insert, update
 
 from app.adapters.db import make_engine
-from app.adapters.tables import products
+from app.adapters.sql import SqlUnitOfWorkFactory
+from app.adapters.sql.tables import products
 from app.domain import UnknownProduct
 from app.services.ordering import CATALOG_SECONDS, CatalogCache
 from tests.support import DatabaseHandle
@@ -37,7 +38,7 @@ def set_price(engine: Engine, product_id: int, price: str) -> None:
 
 def test_a_price_change_is_seen_once_the_copy_is_older_than_its_ttl(engine: Engine) -> None:
     clock = Clock()
-    catalog = CatalogCache(engine, ttl=CATALOG_SECONDS, monotonic=clock)
+    catalog = CatalogCache(SqlUnitOfWorkFactory(engine), ttl=CATALOG_SECONDS, monotonic=clock)
     original = catalog.products([2])[2].unit_price
     try:
         set_price(engine, 2, "99.99")
@@ -51,7 +52,7 @@ def test_a_price_change_is_seen_once_the_copy_is_older_than_its_ttl(engine: Engi
 
 def test_a_product_missing_from_the_copy_is_looked_up_at_once(engine: Engine) -> None:
     clock = Clock()
-    catalog = CatalogCache(engine, ttl=CATALOG_SECONDS, monotonic=clock)
+    catalog = CatalogCache(SqlUnitOfWorkFactory(engine), ttl=CATALOG_SECONDS, monotonic=clock)
     assert set(catalog.products([1, 3, 999])) == {1, 3}
     with engine.begin() as conn:
         conn.execute(insert(products).values(id=999, name="new", unit_price=Decimal("1.00")))
@@ -64,15 +65,14 @@ def test_a_product_missing_from_the_copy_is_looked_up_at_once(engine: Engine) ->
 
 def test_an_unknown_product_is_still_rejected(engine: Engine) -> None:
     from app.services.ordering import OrderPlacement, PlaceOrder
-    from tests.support import FakeInventory, FakePayments, FakePublisher
+    from tests.support import FakeInventory, FakePayments
 
     class Flags:
         def is_enabled(self, name: str) -> bool:
             return True
 
-    placement = OrderPlacement(engine=engine, inventory=FakeInventory(), payments=FakePayments(), flags=Flags(),
-                               publisher=FakePublisher(), request_deadline=10.0, inventory_total_timeout=8.0,
-                               monotonic=Clock())
+    placement = OrderPlacement(uow=SqlUnitOfWorkFactory(engine), inventory=FakeInventory(), payments=FakePayments(),
+                               flags=Flags(), request_deadline=10.0, inventory_total_timeout=8.0, monotonic=Clock())
     placement.place(PlaceOrder(7, ((1, 1),)))
     with pytest.raises(UnknownProduct):
         placement.place(PlaceOrder(7, ((1, 1), (21, 1))))

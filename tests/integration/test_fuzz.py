@@ -20,9 +20,6 @@ from hypothesis import HealthCheck, assume, settings
 from schemathesis import checks
 from schemathesis.config import SchemathesisConfig
 
-from app.adapters import jobs_repository as jobs
-from app.adapters import repository as repo
-from app.adapters.db import write
 from app.api.openapi import load_document
 from app.api.validation import MAX_ID
 from app.domain import FailureReason, OrderStatus
@@ -88,11 +85,12 @@ def _seed_a_dead_letter(stack: Stack) -> None:
     assert created.status_code == 201, created.get_data(as_text=True)
     order_id = created.get_json()["id"]
     now = datetime.now(UTC)
-    with write(stack.services.engine) as conn:
-        assert repo.move_order(conn, order_id, from_status=OrderStatus.PAYMENT_PENDING,
-                               to_status=OrderStatus.PAYMENT_FAILED, now=now,
-                               failure_reason=FailureReason.RETRIES_EXHAUSTED)
-        jobs.insert_dead_letter(conn, order_id, history=[], last_error="payment answered 503", now=now)
+    with stack.services.uow() as unit:
+        assert unit.orders.move(order_id, from_status=OrderStatus.PAYMENT_PENDING,
+                                to_status=OrderStatus.PAYMENT_FAILED, now=now,
+                                failure_reason=FailureReason.RETRIES_EXHAUSTED)
+        unit.dead_letters.add(order_id, history=[], last_error="payment answered 503", now=now)
+        unit.commit()
 
 
 @pytest.fixture

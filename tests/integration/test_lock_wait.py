@@ -1,4 +1,4 @@
-"""A write transaction bound to a deadline waits for a held lock only as long as it was told, on SQLite and on
+"""A unit of work bound to a deadline waits for a held lock only as long as it was told, on SQLite and on
 PostgreSQL; the same engine's other transactions keep their usual wait."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError
 
-from app.adapters.db import DB_WAIT_SECONDS, make_engine, write
+from app.adapters.db import DB_WAIT_SECONDS, make_engine
+from app.adapters.sql import SqlUnitOfWorkFactory
+from app.services.unit_of_work import StorageError
 from tests.support import DatabaseHandle
 
 
@@ -35,8 +37,9 @@ def flags_locked(engine: Engine) -> Iterator[None]:
 
 def touch_flags(engine: Engine, wait: float | None) -> float:
     started = time.monotonic()
-    with pytest.raises(OperationalError), write(engine, wait=wait) as conn:
-        conn.execute(text("UPDATE feature_flags SET updated_by = updated_by"))
+    with pytest.raises(StorageError), SqlUnitOfWorkFactory(engine)(wait=wait) as unit:
+        unit.flags.set("Notifications", enabled=True, by="test", now=datetime.now(UTC))
+        unit.commit()
     return time.monotonic() - started
 
 
@@ -48,5 +51,6 @@ def test_a_deadline_bound_write_gives_up_on_a_held_lock_at_its_own_wait(engine: 
     assert bounded < DB_WAIT_SECONDS / 2, bounded
     assert usual >= DB_WAIT_SECONDS * 0.9, usual
     # A bounded wait does not stick to the pooled connection: the usual wait is back for the next one.
-    with write(engine) as conn:
-        conn.execute(text("UPDATE feature_flags SET updated_by = updated_by"))
+    with SqlUnitOfWorkFactory(engine)() as unit:
+        assert unit.flags.set("Notifications", enabled=True, by="test", now=datetime.now(UTC)) is not None
+        unit.commit()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from app.adapters.tables import payment_jobs
+from app.adapters.sql.tables import payment_jobs
 from app.domain import InventorySource
 from tests.integration.conftest import Stack
 
@@ -178,15 +178,13 @@ def test_400_responses_are_not_stored_under_the_key(stack: Stack) -> None:
 def test_a_running_key_is_409_in_use(stack: Stack) -> None:
     from datetime import timedelta
 
-    from app.adapters import repository as repo
-    from app.adapters.db import write
     from app.api.validation import canonical_fingerprint
 
     services = stack.services
-    with write(services.engine) as conn:
-        repo.claim_idempotency_key(conn, "busy-1", canonical_fingerprint(ORDER),
-                                   now=services.idempotency.now(), lock_for=timedelta(seconds=30),
-                                   keep_for=timedelta(hours=1), token="another-request")
+    with services.uow() as unit:
+        unit.idempotency.claim("busy-1", canonical_fingerprint(ORDER), now=services.idempotency.now(),
+                               lock_for=timedelta(seconds=30), keep_for=timedelta(hours=1), token="another-request")
+        unit.commit()
     response = post(stack, ORDER, **{"Idempotency-Key": "busy-1"})
     assert response.status_code == 409
     assert response.get_json()["type"].endswith("/idempotency-key-in-use")

@@ -18,9 +18,8 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 
-from app.adapters import repository as repo
-from app.adapters.db import write
-from app.adapters.tables import orders
+from app.adapters.sql import SqlUnitOfWorkFactory
+from app.adapters.sql.tables import orders
 from app.api.validation import canonical_fingerprint
 from tests.integration.conftest import Stack
 
@@ -176,11 +175,11 @@ def _crashed_request(stack: Stack, key: str, *, with_order: bool, lapsed: bool) 
     (the id of that order is returned)."""
     engine = engine_of(stack)
     now = datetime.now(UTC) - timedelta(hours=1) if lapsed else datetime.now(UTC)
-    with write(engine) as conn:
-        claim = repo.claim_idempotency_key(conn, key, canonical_fingerprint(BODY), now=now,
-                                           lock_for=timedelta(seconds=10), keep_for=timedelta(days=2),
-                                           token="killed-request")
+    with SqlUnitOfWorkFactory(engine)() as unit:
+        claim = unit.idempotency.claim(key, canonical_fingerprint(BODY), now=now, lock_for=timedelta(seconds=10),
+                                       keep_for=timedelta(days=2), token="killed-request")
         assert claim.outcome == "claimed"
+        unit.commit()
     if not with_order:
         return None
     stack.payments.outcome = "failed"  # the killed request's payment never answered
@@ -188,8 +187,9 @@ def _crashed_request(stack: Stack, key: str, *, with_order: bool, lapsed: bool) 
         order_id = str(post(stack).get_json()["id"])
     finally:
         stack.payments.outcome = "captured"
-    with write(engine) as conn:
-        assert repo.bind_idempotency_key(conn, key, "killed-request", order_id)
+    with SqlUnitOfWorkFactory(engine)() as unit:
+        assert unit.idempotency.bind(key, "killed-request", order_id)
+        unit.commit()
     return order_id
 
 
@@ -226,17 +226,21 @@ def test_a_lapsed_claim_without_an_order_is_taken_over_and_places_one_order(stac
 def test_a_request_whose_claim_was_taken_over_stores_no_order(stack: Stack) -> None:
     engine = engine_of(stack)
     now = datetime.now(UTC)
-    with write(engine) as conn:
-        repo.claim_idempotency_key(conn, "taken-over", "fp", now=now - timedelta(minutes=5),
-                                   lock_for=timedelta(seconds=10), keep_for=timedelta(days=1), token="slow")
-    with write(engine) as conn:
-        assert repo.claim_idempotency_key(conn, "taken-over", "fp", now=now, lock_for=timedelta(seconds=10),
-                                          keep_for=timedelta(days=1), token="fast").outcome == "claimed"
-    with write(engine) as conn:
+    uow = SqlUnitOfWorkFactory(engine)
+    with uow() as unit:
+        unit.idempotency.claim("taken-over", "fp", now=now - timedelta(minutes=5), lock_for=timedelta(seconds=10),
+                               keep_for=timedelta(days=1), token="slow")
+        unit.commit()
+    with uow() as unit:
+        assert unit.idempotency.claim("taken-over", "fp", now=now, lock_for=timedelta(seconds=10),
+                                      keep_for=timedelta(days=1), token="fast").outcome == "claimed"
+        unit.commit()
+    with uow() as unit:
         # The slow request reaches its INSERT after the takeover: it may not bind, so it must not store.
-        assert not repo.bind_idempotency_key(conn, "taken-over", "slow", uuid.uuid4().hex)
-        assert repo.bind_idempotency_key(conn, "taken-over", "fast", "order-of-fast")
-        assert not repo.bind_idempotency_key(conn, "taken-over", "fast", "a-second-order")
+        assert not unit.idempotency.bind("taken-over", "slow", uuid.uuid4().hex)
+        assert unit.idempotency.bind("taken-over", "fast", "order-of-fast")
+        assert not unit.idempotency.bind("taken-over", "fast", "a-second-order")
+        unit.commit()
 
 
 @pytest.mark.parametrize("round_", range(3))
@@ -245,30 +249,33 @@ def test_of_two_concurrent_takeovers_of_a_lapsed_claim_exactly_one_wins(stack: S
     uncommitted when the second one runs; the second must not win too (PostgreSQL's READ COMMITTED lets it
     read the lapsed claim; only a conditional write refuses it)."""
     engine = engine_of(stack)
+    uow = SqlUnitOfWorkFactory(engine)
     key = f"race-{round_}-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
-    with write(engine) as conn:
-        repo.claim_idempotency_key(conn, key, "fp", now=now - timedelta(minutes=5), lock_for=timedelta(seconds=10),
-                                   keep_for=timedelta(days=1), token="first")
 
-    def claim(token: str, conn: Any) -> str:
-        return repo.claim_idempotency_key(conn, key, "fp", now=now, lock_for=timedelta(seconds=10),
-                                          keep_for=timedelta(days=1), token=token).outcome
+    def claim(unit: Any, token: str, at: datetime) -> str:
+        return str(unit.idempotency.claim(key, "fp", now=at, lock_for=timedelta(seconds=10),
+                                          keep_for=timedelta(days=1), token=token).outcome)
 
+    with uow() as unit:
+        claim(unit, "first", now - timedelta(minutes=5))
+        unit.commit()
     second: list[str] = []
     started = threading.Event()
-    with write(engine) as conn_a:
-        assert claim("a", conn_a) == "claimed"
+    with uow() as unit_a:
+        assert claim(unit_a, "a", now) == "claimed"
 
         def run_b() -> None:
             started.set()
-            with write(engine) as conn_b:
-                second.append(claim("b", conn_b))
+            with uow() as unit_b:
+                second.append(claim(unit_b, "b", now))
+                unit_b.commit()
 
         thread = threading.Thread(target=run_b)
         thread.start()
         started.wait(5)
         _wait_until_blocked_or_done(engine, thread)
+        unit_a.commit()
     thread.join(10)
     assert second == ["in_use"]
 

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import Engine, select
 
 from app.adapters.db import make_engine
-from app.adapters.tables import payment_jobs
+from app.adapters.sql import SqlUnitOfWorkFactory
+from app.adapters.sql.tables import payment_jobs
 from app.domain import Order, OrderStatus
 from app.services.ordering import (
     MIN_PAYMENT_WINDOW,
@@ -26,6 +27,7 @@ from app.services.ordering import (
     PlaceOrder,
 )
 from app.services.ports import CaptureResult, StockLevel
+from app.services.unit_of_work import deliver_to
 from tests.support import DatabaseHandle, FakeInventory, FakePayments, FakePublisher
 
 ORDER = PlaceOrder(customer_id=7, lines=((1, 1),))
@@ -94,8 +96,8 @@ def placement(engine: Engine, clock: Clock, inventory: FakeInventory, payments: 
     options: dict[str, object] = {
         "request_deadline": 10.0, "inventory_total_timeout": 8.0, "payment_total_timeout": 8.0, **overrides
     }
-    return OrderPlacement(engine=engine, inventory=inventory, payments=payments, flags=Flags(),
-                          publisher=publisher, monotonic=clock, **options)  # type: ignore[arg-type]
+    return OrderPlacement(uow=SqlUnitOfWorkFactory(engine, deliver_to(publisher)), inventory=inventory,
+                          payments=payments, flags=Flags(), monotonic=clock, **options)  # type: ignore[arg-type]
 
 
 def job_due_at(engine: Engine, order_id: str) -> datetime:

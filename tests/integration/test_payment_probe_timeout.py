@@ -29,7 +29,7 @@ def test_the_payment_probe_outlives_the_longest_attempt_of_api_and_workers(
     settings = Settings.from_env({"REDIS_URL": redis_url, "ORDERFLOW_REDIS_PREFIX": key_prefix})
     client = redis.Redis.from_url(redis_url)
     try:
-        deps = build_dependencies(settings, policies, client, flags=None)
+        deps = build_dependencies(settings, policies, client)
         assert deps["circuits"].breakers["payment"].spec.probe_timeout == max(api, worker)
     finally:
         client.close()

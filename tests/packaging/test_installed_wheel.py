@@ -22,7 +22,7 @@ import requests
 from alembic.script import ScriptDirectory
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
-from app.adapters.tables import metadata
+from app.adapters.sql.tables import metadata
 from bench.stack import free_ports, stop_process, wait_http
 from tests.conftest import _embedded_redis
 

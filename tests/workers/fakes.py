@@ -5,15 +5,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 from sqlalchemy import Engine
 
-from app.adapters import repository as repo
-from app.adapters.db import read, write
-from app.adapters.repository import AttemptRecord
-from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
+from app.adapters.sql import SqlUnitOfWorkFactory
+from app.domain import AttemptRecord, DeadLetter, Order
 from app.services.ports import CaptureResult
+from app.services.unit_of_work import PaymentJobRow, UnitOfWorkFactory
+from tests.fake_unit_of_work import new_order
 
 STATUS_FOR = {"captured": 201, "declined": 402, "rejected": 400, "failed": 503, "conflict": 409}
 
@@ -72,19 +71,38 @@ class Clock:
         self.moment += timedelta(seconds=seconds)
 
 
-def place_order(engine: Engine, *, now: datetime, customer_id: int = 1, due_at: datetime | None = None) -> str:
-    order = Order(
-        id=uuid.uuid4().hex, customer_id=customer_id, status=OrderStatus.PAYMENT_PENDING, currency="USD",
-        lines=(OrderLine(1, 2, Decimal("12.50")),), payment=Payment(), inventory_source=InventorySource.LIVE,
-        created_at=now, updated_at=now, message=PENDING_MESSAGE,
-    )
-    with write(engine) as conn:
-        repo.insert_order(conn, order, job_due_at=due_at or now)
+def place_order(uow: UnitOfWorkFactory, *, now: datetime, customer_id: int = 1,
+                due_at: datetime | None = None) -> str:
+    order = new_order(uuid.uuid4().hex, now=now, customer_id=customer_id)
+    with uow() as unit:
+        unit.orders.add(order)
+        unit.outbox.payments.add(order.id, due_at=due_at or now, now=now)
+        unit.commit()
     return order.id
 
 
-def order(engine: Engine, order_id: str) -> Order:
-    with read(engine) as conn:
-        found = repo.get_order(conn, order_id)
+def order(uow: UnitOfWorkFactory, order_id: str) -> Order:
+    with uow(read_only=True) as unit:
+        found = unit.orders.get(order_id)
     assert found is not None
     return found
+
+
+def job(uow: UnitOfWorkFactory, order_id: str) -> PaymentJobRow:
+    with uow(read_only=True) as unit:
+        found = unit.outbox.payments.get(order_id)
+    assert found is not None
+    return found
+
+
+def dead_letters_of(uow: UnitOfWorkFactory, order_id: str) -> list[DeadLetter]:
+    with uow(read_only=True) as unit:
+        return [d for d in unit.dead_letters.latest() if d.order_id == order_id]
+
+
+def uow_of(engine: Engine) -> SqlUnitOfWorkFactory:
+    """The SQL unit of work over a test's engine, keeping what its units publish (`.published`)."""
+    published: list[object] = []
+    factory = SqlUnitOfWorkFactory(engine, published.append)
+    factory.published = published  # type: ignore[attr-defined]
+    return factory

@@ -157,7 +157,7 @@ class WorkerStack:
         return self.services.placement.place(PlaceOrder(customer_id=customer_id, lines=((1, 2),)))
 
     def order(self, order_id: str) -> Order:
-        found = get_order(self.services.engine, order_id)
+        found = get_order(self.services.uow, order_id)
         assert found is not None
         return found
 

@@ -12,7 +12,7 @@ from app.services.payment_jobs import PaymentJobRunner
 
 def runner(rng: Any, *, base: float = 1.0, cap: float = 60.0) -> PaymentJobRunner:
     config = JobsPaymentConfig(attempt_timeout=10.0, max_retries=6, backoff_base=base, backoff_max=cap)
-    return PaymentJobRunner(engine=None, gateway=None, config=config, rng=rng)  # type: ignore[arg-type]
+    return PaymentJobRunner(uow=None, gateway=None, config=config, rng=rng)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("retries, ceiling", [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 32.0)])

@@ -8,110 +8,99 @@ from typing import Any
 import pytest
 import redis
 from flask.testing import FlaskClient
-from sqlalchemy import Engine
 
 from app import create_app
-from app.adapters import jobs_repository as jobs
-from app.adapters.db import read
 from app.cli import main as cli
 from app.config import Settings
 from app.domain import OrderStatus
 from app.resilience.config import JobsPaymentConfig, parse_policies
 from app.services import dead_letters
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
+from app.services.unit_of_work import PaymentDue
 from tests.support import DatabaseHandle, FakeInventory, FakePayments, FakePublisher, fresh_database
-from tests.workers.fakes import Clock, FakeJobGateway, order, place_order
+from tests.workers.fakes import Clock, FakeJobGateway, dead_letters_of, job, order, place_order, uow_of
 
 TOKEN = "dead-letter-admin-token"
 CONFIG = JobsPaymentConfig(attempt_timeout=1.0, max_retries=1, backoff_base=0.1, backoff_max=0.2)
 
 
-def dead_letter_an_order(engine: Engine, clock: Clock) -> tuple[str, int]:
-    order_id = place_order(engine, now=clock())
-    runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["failed"]), config=CONFIG, now=clock)
-    for _ in range(1 + CONFIG.max_retries):
-        process_payment_job(order_id, runner=runner)
-        clock.advance(1)
-    with read(engine) as conn:
-        [letter] = [d for d in jobs.list_dead_letters(conn) if d.order_id == order_id and d.replayed_at is None]
-    return order_id, letter.id
+def dead_letter_an_order(uow: Any, clock: Clock) -> tuple[str, int]:
+    order_id = place_order(uow, now=clock())
+    return dead_letter_an_order_again(uow, clock, order_id)
 
 
-def test_replay_puts_order_and_job_back_and_a_new_failure_makes_a_new_dead_letter(engine: Engine) -> None:
-    clock, publisher = Clock(), FakePublisher()
-    order_id, letter_id = dead_letter_an_order(engine, clock)
-    replayed = dead_letters.replay_dead_letter(engine, letter_id, publisher=publisher, now=clock)
+def test_replay_puts_order_and_job_back_and_a_new_failure_makes_a_new_dead_letter(uow: Any) -> None:
+    clock = Clock()
+    order_id, letter_id = dead_letter_an_order(uow, clock)
+    replayed = dead_letters.replay_dead_letter(uow, letter_id, now=clock)
     assert replayed.replayed_at == clock()
-    assert publisher.due == [order_id]
-    stored = order(engine, order_id)
+    assert PaymentDue(order_id) in uow.published
+    stored = order(uow, order_id)
     assert (stored.status, stored.payment.failure_reason) == (OrderStatus.PAYMENT_PENDING, None)
-    with read(engine) as conn:
-        job = jobs.get_payment_job(conn, order_id)
-    assert job is not None and (job.state, job.retries, job.next_attempt_at) == ("pending", 0, clock())
+    restarted = job(uow, order_id)
+    assert (restarted.state, restarted.retries, restarted.next_attempt_at) == ("pending", 0, clock())
     with pytest.raises(dead_letters.DeadLetterAlreadyReplayed):
-        dead_letters.replay_dead_letter(engine, letter_id, now=clock)
+        dead_letters.replay_dead_letter(uow, letter_id, now=clock)
 
     clock.advance(1)
-    _, second_id = dead_letter_an_order_again(engine, clock, order_id)
+    _, second_id = dead_letter_an_order_again(uow, clock, order_id)
     assert second_id != letter_id
-    with read(engine) as conn:
-        second = jobs.get_dead_letter(conn, second_id)
+    [second] = [d for d in dead_letters_of(uow, order_id) if d.id == second_id]
     # The new dead letter holds the attempts of the run after the replay only.
-    assert second is not None and second.attempts == 1 + CONFIG.max_retries
+    assert second.attempts == 1 + CONFIG.max_retries
 
 
-def dead_letter_an_order_again(engine: Engine, clock: Clock, order_id: str) -> tuple[str, int]:
-    runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["failed"]), config=CONFIG, now=clock)
+def dead_letter_an_order_again(uow: Any, clock: Clock, order_id: str) -> tuple[str, int]:
+    runner = PaymentJobRunner(uow=uow, gateway=FakeJobGateway(["failed"]), config=CONFIG, now=clock)
     for _ in range(1 + CONFIG.max_retries):
         process_payment_job(order_id, runner=runner)
         clock.advance(1)
-    with read(engine) as conn:
-        [letter] = [d for d in jobs.list_dead_letters(conn) if d.order_id == order_id and d.replayed_at is None]
+    [letter] = [d for d in dead_letters_of(uow, order_id) if d.replayed_at is None]
     return order_id, letter.id
 
 
-def test_replay_after_recovery_confirms_the_order(engine: Engine) -> None:
+def test_replay_after_recovery_confirms_the_order(uow: Any) -> None:
     clock = Clock()
-    order_id, letter_id = dead_letter_an_order(engine, clock)
-    dead_letters.replay_dead_letter(engine, letter_id, now=clock)
-    runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["captured"]), config=CONFIG, now=clock)
+    order_id, letter_id = dead_letter_an_order(uow, clock)
+    dead_letters.replay_dead_letter(uow, letter_id, now=clock)
+    runner = PaymentJobRunner(uow=uow, gateway=FakeJobGateway(["captured"]), config=CONFIG, now=clock)
     assert process_payment_job(order_id, runner=runner) == "succeeded"
-    stored = order(engine, order_id)
+    stored = order(uow, order_id)
     assert stored.status is OrderStatus.CONFIRMED
     assert stored.payment.attempts == (1 + CONFIG.max_retries) + 1  # never reset by a replay
 
 
-def test_a_replay_asks_the_ledger_before_it_captures_again(engine: Engine) -> None:
+def test_a_replay_asks_the_ledger_before_it_captures_again(uow: Any) -> None:
     """The payment service may have forgotten the order's key by the time of a replay: a capture made by the
     first run (the ledger has it) confirms the order instead of a second charge."""
     clock = Clock()
-    order_id, letter_id = dead_letter_an_order(engine, clock)
-    dead_letters.replay_dead_letter(engine, letter_id, now=clock)
+    order_id, letter_id = dead_letter_an_order(uow, clock)
+    dead_letters.replay_dead_letter(uow, letter_id, now=clock)
     gateway = FakeJobGateway(["captured"], ledger=[{"id": "pay_first_run", "order_id": order_id}])
-    runner = PaymentJobRunner(engine=engine, gateway=gateway, config=CONFIG, now=clock)
+    runner = PaymentJobRunner(uow=uow, gateway=gateway, config=CONFIG, now=clock)
     assert process_payment_job(order_id, runner=runner) == "succeeded"
     assert gateway.calls == [] and gateway.lookups == [order_id]
-    stored = order(engine, order_id)
+    stored = order(uow, order_id)
     assert (stored.status, stored.payment.payment_id) == (OrderStatus.CONFIRMED, "pay_first_run")
 
 
-def test_a_replay_with_the_ledger_unreachable_captures_nothing_until_it_answers(engine: Engine) -> None:
+def test_a_replay_with_the_ledger_unreachable_captures_nothing_until_it_answers(uow: Any) -> None:
     clock = Clock()
-    order_id, letter_id = dead_letter_an_order(engine, clock)
-    dead_letters.replay_dead_letter(engine, letter_id, now=clock)
+    order_id, letter_id = dead_letter_an_order(uow, clock)
+    dead_letters.replay_dead_letter(uow, letter_id, now=clock)
     gateway = FakeJobGateway(["captured"], ledger=None)
-    runner = PaymentJobRunner(engine=engine, gateway=gateway, config=CONFIG, now=clock, rng=lambda: 0.0)
+    runner = PaymentJobRunner(uow=uow, gateway=gateway, config=CONFIG, now=clock, rng=lambda: 0.0)
     assert process_payment_job(order_id, runner=runner) == "retried"
     assert gateway.calls == []
     gateway.ledger = []  # reachable again, and no capture: now the replay captures
     assert process_payment_job(order_id, runner=runner) == "succeeded"
     assert gateway.calls == [order_id] and gateway.lookups == [order_id, order_id]
-    assert order(engine, order_id).status is OrderStatus.CONFIRMED
+    assert order(uow, order_id).status is OrderStatus.CONFIRMED
 
 
-def test_unknown_dead_letter_cannot_be_replayed(engine: Engine) -> None:
+def test_unknown_dead_letter_cannot_be_replayed(uow: Any) -> None:
     with pytest.raises(dead_letters.DeadLetterNotFound):
-        dead_letters.replay_dead_letter(engine, 987654)
+        dead_letters.replay_dead_letter(uow, 987654)
 
 
 # --- the admin routes ---------------------------------------------------------------------------------
@@ -140,9 +129,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def test_admin_lists_dead_letters_newest_first_and_replays_one(api: tuple[FlaskClient, Any]) -> None:
     client, services = api
     clock = Clock()
-    first_order, first_id = dead_letter_an_order(services.engine, clock)
+    first_order, first_id = dead_letter_an_order(uow_of(services.engine), clock)
     clock.advance(5)
-    second_order, second_id = dead_letter_an_order(services.engine, clock)
+    second_order, second_id = dead_letter_an_order(uow_of(services.engine), clock)
 
     listed = client.get("/admin/dead-letters", headers=AUTH)
     assert listed.status_code == 200
@@ -154,7 +143,7 @@ def test_admin_lists_dead_letters_newest_first_and_replays_one(api: tuple[FlaskC
     replayed = client.post(f"/admin/dead-letters/{first_id}/replay", headers=AUTH)
     assert replayed.status_code == 202
     assert replayed.get_json()["id"] == first_id and replayed.get_json()["replayed_at"] is not None
-    assert services.placement.publisher.due == [first_order]
+    assert services.extra["publisher"].due == [first_order]
     assert client.get(f"/api/orders/{first_order}").get_json()["status"] == "PaymentPending"
 
     again = client.post(f"/admin/dead-letters/{first_id}/replay", headers=AUTH)
@@ -186,13 +175,14 @@ def test_cli_lists_and_replays_dead_letters_and_sets_flags(
     settings = Settings(database_url=database.url, database_schema=database.schema, redis_url=redis_url,
                         redis_prefix=key_prefix)
     engine = make_engine(database.url, schema=database.schema)
+    uow = uow_of(engine)
     try:
-        order_id, letter_id = dead_letter_an_order(engine, Clock())
+        order_id, letter_id = dead_letter_an_order(uow, Clock())
         assert cli(["dead-letters", "list"], settings=settings) == 0
         assert letter_id in [i["id"] for i in json.loads(capsys.readouterr().out)["items"]]
         assert cli(["dead-letters", "replay", str(letter_id)], settings=settings) == 0
         assert json.loads(capsys.readouterr().out)["replayed_at"] is not None
-        assert order(engine, order_id).status is OrderStatus.PAYMENT_PENDING
+        assert order(uow, order_id).status is OrderStatus.PAYMENT_PENDING
         assert cli(["dead-letters", "replay", str(letter_id)], settings=settings) == 1
         assert "already replayed" in capsys.readouterr().err
 

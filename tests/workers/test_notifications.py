@@ -9,15 +9,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, select
 
-from app.adapters import jobs_repository as jobs
-from app.adapters import repository as repo
-from app.adapters.db import read, write
-from app.adapters.tables import notification_jobs
+from app.adapters.sql.tables import notification_jobs
 from app.domain import OrderStatus
 from app.resilience.config import JobsPaymentConfig
 from app.services.notifications import BackgroundConfirmations, NotificationRunner, send_notification_job
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
-from tests.workers.fakes import Clock, FakeJobGateway, order, place_order
+from tests.workers.fakes import Clock, FakeJobGateway, order, place_order, uow_of
 
 JOBS = JobsPaymentConfig(attempt_timeout=10.0, max_retries=3, backoff_base=1.0, backoff_max=60.0)
 
@@ -43,26 +40,38 @@ class Flags:
 
 
 def confirmed_order_with_notification(engine: Engine, clock: Clock) -> tuple[str, int]:
-    order_id = place_order(engine, now=clock(), due_at=clock() + timedelta(days=1))
-    with write(engine) as conn:
-        repo.move_order(conn, order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.CONFIRMED,
-                        now=clock(), payment_id="pay_x")
-        repo.queue_notification(conn, order_id, "order_confirmed", now=clock())
-        job_id = conn.execute(
-            select(notification_jobs.c.id).where(notification_jobs.c.order_id == order_id)
-        ).scalar_one()
-    return order_id, int(job_id)
+    uow = uow_of(engine)
+    order_id = place_order(uow, now=clock(), due_at=clock() + timedelta(days=1))
+    with uow() as unit:
+        unit.orders.move(order_id, from_status=OrderStatus.PAYMENT_PENDING, to_status=OrderStatus.CONFIRMED,
+                         now=clock(), payment_id="pay_x")
+        job_id = unit.outbox.notifications.add(order_id, "order_confirmed", now=clock())
+        unit.commit()
+    assert job_id is not None
+    return order_id, job_id
 
 
 def state(engine: Engine, order_id: str) -> str | None:
-    with read(engine) as conn:
-        return jobs.notification_state(conn, order_id, "order_confirmed")
+    with uow_of(engine)(read_only=True) as unit:
+        return unit.outbox.notifications.state_of(order_id, "order_confirmed")
+
+
+def due_notifications(engine: Engine, clock: Clock) -> list[int]:
+    with uow_of(engine)(read_only=True) as unit:
+        return [int(i) for i in unit.outbox.notification_relay.due(now=clock(), republish_before=clock(), limit=500)]
+
+
+def reclaim_notifications(engine: Engine, clock: Clock) -> int:
+    with uow_of(engine)() as unit:
+        count = unit.outbox.notifications.reclaim_expired(now=clock())
+        unit.commit()
+    return count
 
 
 def test_notification_is_sent_once_with_the_order_and_kind(engine: Engine) -> None:
     clock, sender = Clock(), Sender(True)
     order_id, job_id = confirmed_order_with_notification(engine, clock)
-    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock)
+    runner = NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True), now=clock)
     assert send_notification_job(job_id, runner=runner) == "sent"
     assert send_notification_job(job_id, runner=runner) == "not_due"
     assert sender.sent == [(order_id, "order_confirmed")]
@@ -72,7 +81,7 @@ def test_notification_is_sent_once_with_the_order_and_kind(engine: Engine) -> No
 def test_flag_off_skips_the_notification(engine: Engine) -> None:
     clock, sender = Clock(), Sender(True)
     order_id, job_id = confirmed_order_with_notification(engine, clock)
-    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(False), now=clock)
+    runner = NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(False), now=clock)
     assert send_notification_job(job_id, runner=runner) == "skipped"
     assert sender.sent == []
     assert state(engine, order_id) == "skipped"
@@ -81,7 +90,7 @@ def test_flag_off_skips_the_notification(engine: Engine) -> None:
 def test_failed_sends_are_retried_with_backoff_then_given_up_without_touching_the_order(engine: Engine) -> None:
     clock, sender = Clock(), Sender(False)
     order_id, job_id = confirmed_order_with_notification(engine, clock)
-    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock, max_attempts=3,
+    runner = NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True), now=clock, max_attempts=3,
                                 rng=lambda: 1.0)
     assert send_notification_job(job_id, runner=runner) == "retry"
     assert send_notification_job(job_id, runner=runner) == "not_due"  # backing off
@@ -91,13 +100,13 @@ def test_failed_sends_are_retried_with_backoff_then_given_up_without_touching_th
     assert send_notification_job(job_id, runner=runner) == "failed"
     assert len(sender.sent) == 3
     assert state(engine, order_id) == "failed"
-    assert order(engine, order_id).status is OrderStatus.CONFIRMED
+    assert order(uow_of(engine), order_id).status is OrderStatus.CONFIRMED
 
 
 def test_a_send_that_recovers_on_retry_is_done(engine: Engine) -> None:
     clock, sender = Clock(), Sender(False, True)
     order_id, job_id = confirmed_order_with_notification(engine, clock)
-    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock, rng=lambda: 0.0)
+    runner = NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True), now=clock, rng=lambda: 0.0)
     assert send_notification_job(job_id, runner=runner) == "retry"
     assert send_notification_job(job_id, runner=runner) == "sent"
     assert state(engine, order_id) == "done"
@@ -106,15 +115,15 @@ def test_a_send_that_recovers_on_retry_is_done(engine: Engine) -> None:
 def _confirm_with_sent_notification(
     engine: Engine, clock: Clock, confirmations: BackgroundConfirmations
 ) -> str:
-    order_id = place_order(engine, now=clock())
-    runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
+    order_id = place_order(uow_of(engine), now=clock())
+    runner = PaymentJobRunner(uow=uow_of(engine), gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
                               confirmations=confirmations)
     assert process_payment_job(order_id, runner=runner) == "succeeded"
     return order_id
 
 
 def _notification_row(engine: Engine, order_id: str) -> Any:
-    with read(engine) as conn:
+    with engine.connect() as conn:
         return conn.execute(select(notification_jobs).where(notification_jobs.c.order_id == order_id)).one()
 
 
@@ -149,7 +158,7 @@ def test_worker_that_confirms_an_order_hands_its_notification_to_a_sender_thread
     engine: Engine,
 ) -> None:
     clock, sender = Clock(), HeldSender(True)
-    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(True),
+    confirmations = BackgroundConfirmations(NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True),
                                                                now=clock))
     order_id = _confirm_with_sent_notification(engine, clock, confirmations)
     # The payment job has returned while the send is still held: it never waits for the notification.
@@ -160,13 +169,12 @@ def test_worker_that_confirms_an_order_hands_its_notification_to_a_sender_thread
     assert sender.sent == [(order_id, "order_confirmed")]
     row = _notification_row(engine, order_id)
     assert (row.state, row.attempts) == ("done", 1)
-    with read(engine) as conn:
-        assert row.id not in jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+    assert row.id not in due_notifications(engine, clock)
 
 
 def test_confirmations_queued_behind_a_send_are_marked_done_by_one_statement(engine: Engine) -> None:
     clock, sender = Clock(), HeldSender(True)
-    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(True),
+    confirmations = BackgroundConfirmations(NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True),
                                                                now=clock))
     first = _confirm_with_sent_notification(engine, clock, confirmations)
     assert sender.started.wait(5)
@@ -190,7 +198,7 @@ def test_confirmations_queued_behind_a_send_are_marked_done_by_one_statement(eng
 
 def test_failed_confirmation_is_retried_later_and_pauses_the_sender(engine: Engine) -> None:
     clock, sender = Clock(), Sender(False, True)
-    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock, rng=lambda: 1.0,
+    runner = NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True), now=clock, rng=lambda: 1.0,
                                 monotonic=lambda: 100.0)
     confirmations = BackgroundConfirmations(runner, pause=30.0)
     first = _confirm_with_sent_notification(engine, clock, confirmations)
@@ -204,14 +212,13 @@ def test_failed_confirmation_is_retried_later_and_pauses_the_sender(engine: Engi
     row = _notification_row(engine, second)
     assert (row.state, row.published_at) == ("pending", None)  # so the relay publishes it at once
     clock.advance(5)
-    with read(engine) as conn:
-        due = jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+    due = due_notifications(engine, clock)
     assert row.id in due and _notification_row(engine, first).id in due
 
 
 def test_a_backed_up_sender_leaves_new_confirmations_to_the_relay(engine: Engine) -> None:
     clock, sender = Clock(), HeldSender(True)
-    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(True),
+    confirmations = BackgroundConfirmations(NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True),
                                                                now=clock), max_queued=2)
     held = _confirm_with_sent_notification(engine, clock, confirmations)
     assert sender.started.wait(5)
@@ -228,7 +235,7 @@ def test_a_backed_up_sender_leaves_new_confirmations_to_the_relay(engine: Engine
 
 def test_a_confirmation_that_waited_past_its_lease_margin_is_left_to_the_relay(engine: Engine) -> None:
     clock, sender, ticks = Clock(), HeldSender(True), Ticks()
-    runner = NotificationRunner(engine=engine, sender=sender, flags=Flags(True), now=clock, monotonic=ticks,
+    runner = NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True), now=clock, monotonic=ticks,
                                 lease_margin=15.0)
     confirmations = BackgroundConfirmations(runner)
     held = _confirm_with_sent_notification(engine, clock, confirmations)
@@ -240,16 +247,14 @@ def test_a_confirmation_that_waited_past_its_lease_margin_is_left_to_the_relay(e
     assert confirmations.flush(5)
     assert [o for o, _ in sender.sent] == [held]
     assert _notification_row(engine, late).state == "running"
-    with write(engine) as conn:
-        assert jobs.reclaim_expired_notification_leases(conn, now=clock()) >= 1
-    with read(engine) as conn:
-        due = jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+    assert reclaim_notifications(engine, clock) >= 1
+    due = due_notifications(engine, clock)
     assert _notification_row(engine, late).id in due
 
 
 def test_confirmations_with_the_flag_off_are_skipped_unsent(engine: Engine) -> None:
     clock, sender = Clock(), Sender(True)
-    confirmations = BackgroundConfirmations(NotificationRunner(engine=engine, sender=sender, flags=Flags(False),
+    confirmations = BackgroundConfirmations(NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(False),
                                                                now=clock))
     order_id = _confirm_with_sent_notification(engine, clock, confirmations)
     assert confirmations.flush(5)
@@ -267,19 +272,17 @@ def test_worker_that_dies_before_the_send_leaves_a_lease_the_relay_takes_back(en
         def send(self, job_id: int, order_id: str, kind: str) -> str:
             raise SystemExit("killed")
 
-    order_id = place_order(engine, now=clock())
-    runner = PaymentJobRunner(engine=engine, gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
+    order_id = place_order(uow_of(engine), now=clock())
+    runner = PaymentJobRunner(uow=uow_of(engine), gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
                               confirmations=Dies())
     with pytest.raises(SystemExit):
         process_payment_job(order_id, runner=runner)
-    assert order(engine, order_id).status is OrderStatus.CONFIRMED
+    assert order(uow_of(engine), order_id).status is OrderStatus.CONFIRMED
     row = _notification_row(engine, order_id)
     assert row.state == "running"  # written claimed, under its lease
     clock.advance(11)
-    with write(engine) as conn:
-        assert jobs.reclaim_expired_notification_leases(conn, now=clock()) >= 1
-    with read(engine) as conn:
-        assert row.id in jobs.due_notification_jobs(conn, now=clock(), republish_before=clock(), limit=500)
+    assert reclaim_notifications(engine, clock) >= 1
+    assert row.id in due_notifications(engine, clock)
 
 
 def test_an_exiting_pool_process_gives_its_sender_thread_time_to_send(monkeypatch: pytest.MonkeyPatch) -> None:

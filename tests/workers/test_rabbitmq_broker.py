@@ -48,7 +48,7 @@ def test_a_dead_lettered_payment_is_consumed_from_the_dead_letter_queue(stack: W
     order = stack.place()
     stack.wait_for_status([order.id], "PaymentFailed", timeout=20)
     assert stack.order(order.id).payment.attempts == 1 + MAX_RETRIES
-    assert [d.order_id for d in dead_letters.list_dead_letters(stack.services.engine)] == [order.id]
+    assert [d.order_id for d in dead_letters.list_dead_letters(stack.services.uow)] == [order.id]
     # The message on `dead_letter` reached the worker, whose consumer logs it.
     wait_until(lambda: "payment_dead_lettered" in stack.log(), timeout=10, what="the dead-letter log line",
                on_timeout=stack.log_summary)

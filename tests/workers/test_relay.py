@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 
-from app.adapters import jobs_repository as jobs
-from app.adapters import repository as repo
-from app.adapters.db import read, write
 from app.resilience.config import JobsPaymentConfig
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
-from tests.workers.fakes import Clock, FakeJobGateway, place_order
+from tests.workers.fakes import Clock, FakeJobGateway, job, place_order
 from workers.relay import OutboxRelay, RelayThread
 
 
@@ -33,15 +30,15 @@ class Broker:
         self.notifications.append(job_id)
 
 
-def make_relay(engine: Engine, broker: Broker, clock: Clock) -> OutboxRelay:
-    return OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+def make_relay(uow: Any, broker: Broker, clock: Clock) -> OutboxRelay:
+    return OutboxRelay(uow=uow, send_payment=broker.send_payment, send_notification=broker.send_notification,
                        republish_after=30.0, now=clock)
 
 
-def test_due_job_is_published_once_and_again_only_after_the_republish_delay(engine: Engine) -> None:
+def test_due_job_is_published_once_and_again_only_after_the_republish_delay(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock())
-    relay = make_relay(engine, broker, clock)
+    order_id = place_order(uow, now=clock())
+    relay = make_relay(uow, broker, clock)
     relay.run_once()
     relay.run_once()
     assert broker.payments.count(order_id) == 1
@@ -50,19 +47,19 @@ def test_due_job_is_published_once_and_again_only_after_the_republish_delay(engi
     assert broker.payments.count(order_id) == 2
 
 
-def test_job_not_yet_due_is_not_published(engine: Engine) -> None:
+def test_job_not_yet_due_is_not_published(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock(), due_at=clock() + timedelta(seconds=10))
-    make_relay(engine, broker, clock).run_once()
+    order_id = place_order(uow, now=clock(), due_at=clock() + timedelta(seconds=10))
+    make_relay(uow, broker, clock).run_once()
     assert order_id not in broker.payments
 
 
-def test_two_relays_at_once_publish_a_job_once(engine: Engine) -> None:
+def test_two_relays_at_once_publish_a_job_once(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock())
-    first, second = make_relay(engine, broker, clock), make_relay(engine, broker, clock)
-    with read(engine) as conn:
-        seen = jobs.due_payment_jobs(conn, now=clock(), republish_before=clock() - timedelta(seconds=30), limit=50)
+    order_id = place_order(uow, now=clock())
+    first, second = make_relay(uow, broker, clock), make_relay(uow, broker, clock)
+    with uow(read_only=True) as unit:
+        seen = unit.outbox.payment_relay.due(now=clock(), republish_before=clock() - timedelta(seconds=30), limit=50)
     assert order_id in seen
     # Both saw the job due; the conditional mark lets only one send it.
     assert first._publish(order_id, clock(), clock() - timedelta(seconds=30), payment=True)
@@ -70,44 +67,44 @@ def test_two_relays_at_once_publish_a_job_once(engine: Engine) -> None:
     assert broker.payments.count(order_id) == 1
 
 
-def test_broker_down_leaves_the_job_due_for_the_next_pass(engine: Engine) -> None:
+def test_broker_down_leaves_the_job_due_for_the_next_pass(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock())
+    order_id = place_order(uow, now=clock())
     broker.down = True
-    assert make_relay(engine, broker, clock).run_once().failed
+    assert make_relay(uow, broker, clock).run_once().failed
     broker.down = False
-    make_relay(engine, broker, clock).run_once()
+    make_relay(uow, broker, clock).run_once()
     assert order_id in broker.payments
 
 
-def test_expired_lease_makes_the_relay_republish_the_job(engine: Engine) -> None:
+def test_expired_lease_makes_the_relay_republish_the_job(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock())
+    order_id = place_order(uow, now=clock())
     config = JobsPaymentConfig(attempt_timeout=2.0, max_retries=3, backoff_base=1.0, backoff_max=5.0)
-    with write(engine) as conn:  # a worker claims the job, then dies before finishing it
-        assert jobs.claim_payment_job(conn, order_id, now=clock(), lease_until=clock() + timedelta(seconds=3),
-                                      token="e" * 32)
-    relay = make_relay(engine, broker, clock)
+    with uow() as unit:  # a worker claims the job, then dies before finishing it
+        assert unit.outbox.payments.claim(order_id, now=clock(), lease_until=clock() + timedelta(seconds=3),
+                                          token="e" * 32)
+        unit.commit()
+    relay = make_relay(uow, broker, clock)
     relay.run_once()
     assert order_id not in broker.payments
     clock.advance(4)
     assert relay.run_once().reclaimed >= 1
     assert order_id in broker.payments
     gateway = FakeJobGateway(["captured"])
-    runner = PaymentJobRunner(engine=engine, gateway=gateway, config=config, now=clock)
+    runner = PaymentJobRunner(uow=uow, gateway=gateway, config=config, now=clock)
     assert process_payment_job(order_id, runner=runner) == "succeeded"
-    with read(engine) as conn:
-        stored = jobs.get_payment_job(conn, order_id)
-        # The lost run counted as a retry.
-        assert stored is not None and (stored.state, stored.retries) == ("done", 1)
+    stored = job(uow, order_id)
+    assert (stored.state, stored.retries) == ("done", 1)  # the lost run counted as a retry
 
 
-def test_confirmed_order_notification_is_published_to_its_queue(engine: Engine) -> None:
+def test_confirmed_order_notification_is_published_to_its_queue(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock(), due_at=clock() + timedelta(days=1))
-    with write(engine) as conn:
-        repo.queue_notification(conn, order_id, "order_confirmed", now=clock())
-    make_relay(engine, broker, clock).run_once()
+    order_id = place_order(uow, now=clock(), due_at=clock() + timedelta(days=1))
+    with uow() as unit:
+        unit.outbox.notifications.add(order_id, "order_confirmed", now=clock())
+        unit.commit()
+    make_relay(uow, broker, clock).run_once()
     assert len(broker.notifications) >= 1
     assert order_id not in broker.payments
 
@@ -139,11 +136,11 @@ def _quiet_relay_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("ERROR", logger="orderflow.relay")
 
 
-def test_relay_publishes_nothing_to_a_queue_that_still_holds_messages(engine: Engine) -> None:
+def test_relay_publishes_nothing_to_a_queue_that_still_holds_messages(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock())
+    order_id = place_order(uow, now=clock())
     waiting = {"payments": 5, "notifications": 0}
-    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+    relay = OutboxRelay(uow=uow, send_payment=broker.send_payment, send_notification=broker.send_notification,
                         republish_after=30.0, now=clock, waiting=waiting.get)
     relay.run_once()
     # The job's hint may be one of the waiting messages: a second one would only double the workers' work.
@@ -153,23 +150,24 @@ def test_relay_publishes_nothing_to_a_queue_that_still_holds_messages(engine: En
     assert broker.payments.count(order_id) == 1
 
 
-def test_relay_publishes_as_before_when_the_queue_length_is_unknown(engine: Engine) -> None:
+def test_relay_publishes_as_before_when_the_queue_length_is_unknown(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock())
-    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+    order_id = place_order(uow, now=clock())
+    relay = OutboxRelay(uow=uow, send_payment=broker.send_payment, send_notification=broker.send_notification,
                         republish_after=30.0, now=clock, waiting=lambda queue: None)
     relay.run_once()
     assert broker.payments.count(order_id) == 1
 
 
-def test_relay_holds_payment_jobs_while_the_payment_circuit_is_open_or_isolated(engine: Engine) -> None:
+def test_relay_holds_payment_jobs_while_the_payment_circuit_is_open_or_isolated(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock(), due_at=clock() + timedelta(days=1))
-    with write(engine) as conn:
-        repo.queue_notification(conn, order_id, "order_confirmed", now=clock())
-    held = place_order(engine, now=clock())
+    order_id = place_order(uow, now=clock(), due_at=clock() + timedelta(days=1))
+    with uow() as unit:
+        unit.outbox.notifications.add(order_id, "order_confirmed", now=clock())
+        unit.commit()
+    held = place_order(uow, now=clock())
     circuit = {"held": True}
-    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+    relay = OutboxRelay(uow=uow, send_payment=broker.send_payment, send_notification=broker.send_notification,
                         republish_after=30.0, now=clock, payments_held=lambda: circuit["held"])
     relay.run_once()
     assert held not in broker.payments  # its worker could only defer it
@@ -179,14 +177,14 @@ def test_relay_holds_payment_jobs_while_the_payment_circuit_is_open_or_isolated(
     assert broker.payments.count(held) == 1
 
 
-def test_relay_hands_payment_jobs_out_when_the_circuit_state_is_unknown(engine: Engine) -> None:
+def test_relay_hands_payment_jobs_out_when_the_circuit_state_is_unknown(uow: Any) -> None:
     clock, broker = Clock(), Broker()
-    order_id = place_order(engine, now=clock())
+    order_id = place_order(uow, now=clock())
 
     def unknown() -> bool:
         raise ConnectionError("state unreachable")
 
-    relay = OutboxRelay(engine=engine, send_payment=broker.send_payment, send_notification=broker.send_notification,
+    relay = OutboxRelay(uow=uow, send_payment=broker.send_payment, send_notification=broker.send_notification,
                         republish_after=30.0, now=clock, payments_held=unknown)
     relay.run_once()
     assert broker.payments.count(order_id) == 1

@@ -79,7 +79,7 @@ def test_failing_forever_dead_letters_after_one_plus_max_retries_then_replay_con
     failed = stack.order(order.id)
     assert str(failed.payment.failure_reason) == "retries_exhausted"
     assert failed.payment.attempts == 1 + MAX_RETRIES
-    [letter] = [d for d in dead_letters.list_dead_letters(stack.services.engine) if d.order_id == order.id]
+    [letter] = [d for d in dead_letters.list_dead_letters(stack.services.uow) if d.order_id == order.id]
     assert letter.attempts == 1 + MAX_RETRIES
     # The dead_letter queue's consumer logs the event.
     wait_until(lambda: "payment_dead_lettered" in stack.log(), timeout=10, what="the dead-letter log line")
@@ -94,7 +94,7 @@ def test_failing_forever_dead_letters_after_one_plus_max_retries_then_replay_con
     assert "payment_dead_letters 1.0" in scrape()
 
     stack.faults()
-    dead_letters.replay_dead_letter(stack.services.engine, letter.id, publisher=stack.services.placement.publisher)
+    dead_letters.replay_dead_letter(stack.services.uow, letter.id)
     stack.wait_for_status([order.id], "Confirmed", timeout=15)
     assert stack.order(order.id).payment.attempts == 1 + MAX_RETRIES + 1
     assert len(stack.captures(order.id)) == 1
@@ -195,19 +195,13 @@ def test_forty_concurrent_orders_are_each_confirmed_once(stack: WorkerStack) -> 
 
 
 def _running_jobs(stack: WorkerStack, order_ids: list[str]) -> int:
-    from app.adapters import jobs_repository as jobs
-    from app.adapters.db import read
-
-    with read(stack.services.engine) as conn:
-        return sum(1 for o in order_ids if (j := jobs.get_payment_job(conn, o)) is not None and j.state == "running")
+    with stack.services.uow(read_only=True) as unit:
+        return sum(1 for o in order_ids if (j := unit.outbox.payments.get(o)) is not None and j.state == "running")
 
 
 def test_a_worker_makes_no_call_while_the_circuit_is_isolated_and_confirms_after_reset(stack: WorkerStack) -> None:
     """The job's only look at the circuit is its call's own admission: refused, the job is deferred, uses no
     retry and reaches nothing; after a reset it runs."""
-    from app.adapters import jobs_repository as jobs
-    from app.adapters.db import read
-
     breaker = stack.services.extra["circuits"].breakers["payment"]
     stack.start_worker()
     stack.set_flag("RealTimePayments", False)
@@ -219,8 +213,8 @@ def test_a_worker_makes_no_call_while_the_circuit_is_isolated_and_confirms_after
         assert stack.captures(order.id) == []
         stored = stack.order(order.id)
         assert (stored.status, stored.payment.attempts) == ("PaymentPending", 0)
-        with read(stack.services.engine) as conn:
-            job = jobs.get_payment_job(conn, order.id)
+        with stack.services.uow(read_only=True) as unit:
+            job = unit.outbox.payments.get(order.id)
         assert job is not None and job.retries == 0
     finally:
         breaker.reset()
