@@ -1,12 +1,11 @@
-"""Every error leaves as problem+json; database trouble is a 503 with Retry-After, never a 500."""
+"""Every error leaves as problem+json; a store that fails or cannot be reached is a 503 with Retry-After, never a
+500."""
 
 from __future__ import annotations
 
 import logging
 
 from flask import Flask, Response
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.api.problems import Problem, database_unavailable, problem_response
@@ -36,9 +35,6 @@ def register_error_handlers(app: Flask) -> None:
         return problem_response(status, body, headers)
 
     @app.errorhandler(StorageError)
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(PoolTimeout)
-    @app.errorhandler(DBAPIError)
     def _database(exc: Exception) -> Response:
         log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return database_unavailable().response()

@@ -109,6 +109,8 @@ def assert_refused_before_anything_started(refusal: Refusal, tmp: Path) -> None:
 @contextmanager
 def listening_on(port: int) -> Iterator[socket.socket]:
     with socket.socket() as sock:
+        # As the stack's own servers do: the test's free ports are held in TIME_WAIT until bound this way.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         sock.listen()
         yield sock
