@@ -189,7 +189,7 @@ class Settings:
     worker_metrics_host: str = LOOPBACK
     worker_metrics_port: int = 9808
     # Connections each process keeps to PostgreSQL, and how many more it may open under load: a fleet's
-    # processes together must stay below the server's max_connections (docs/operations.md, "A fleet").
+    # processes together must stay below the server's max_connections (docs/operations.md, "Running a fleet").
     database_pool_size: int = 10
     database_max_overflow: int = 10
     # How often the outbox relay looks for due jobs.
