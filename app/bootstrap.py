@@ -40,7 +40,8 @@ def bootstrap(settings: Settings, **overrides: Any) -> Services:
 
     policies = overrides.pop("policies", None) or load_policies(settings.resilience_file)
     engine: Engine = overrides.pop("engine", None) or make_engine(
-        settings.database_url, schema=settings.database_schema
+        settings.database_url, schema=settings.database_schema, pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
     )
     redis_client = overrides.pop("redis", None) or redis.Redis.from_url(
         settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5

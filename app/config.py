@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
@@ -28,6 +30,7 @@ VAR = var_dir()
 
 
 DEFAULT_PREFIX = "orderflow"
+LOOPBACK = "127.0.0.1"
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 
@@ -47,6 +50,78 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     if not 0 <= value <= 65535:
         raise SettingsError(f"{name}: not a port number: {raw!r}")
     return value
+
+
+# RFC 1123 host names: what a bind address may be when it is not an IP address (`localhost`, a container's name).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_SWITCHES = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
+
+
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(raw):
+        raise SettingsError(f"{name}: not an address to listen on: {raw!r} (an IP address such as 0.0.0.0, "
+                            f"or a host name)")
+    return raw
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise SettingsError(f"{name}: not a whole number >= {minimum}: {raw!r}")
+    return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = _SWITCHES.get(raw.strip().lower())
+    if value is None:
+        raise SettingsError(f"{name}: 'on' or 'off', got {raw!r}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(f"{name}: not a number of seconds > 0: {raw!r}")
+    return value
+
+
+def address(host: str, port: int) -> str:
+    """host:port as a server binds it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def connect_host(host: str) -> str:
+    """Where a process on this machine reaches a server bound to `host`: a wildcard is reached on loopback."""
+    return {"0.0.0.0": LOOPBACK, "::": "::1"}.get(host, host)
+
+
+def api_bind(env: Mapping[str, str] | None = None) -> str:
+    """gunicorn's `bind` for the order API: API_HOST:API_PORT."""
+    env = os.environ if env is None else env
+    return address(_host(env, "API_HOST", LOOPBACK), _port(env, "API_PORT", Settings.api_port))
 
 
 def admin_token_file(env: Mapping[str, str] | None = None) -> Path:
@@ -107,11 +182,22 @@ class Settings:
     payment_url: str = "http://127.0.0.1:19101"
     inventory_url: str = "http://127.0.0.1:19102"
     notification_url: str = "http://127.0.0.1:19103"
+    # 127.0.0.1 on a developer's machine; 0.0.0.0 (or the host's address) behind a load balancer or in a container.
+    api_host: str = LOOPBACK
     api_port: int = 8000
     chaos_port: int = 8474
+    worker_metrics_host: str = LOOPBACK
     worker_metrics_port: int = 9808
-    # How often the outbox relay looks for due jobs, and how long a claimed job is leased.
+    # Connections each process keeps to PostgreSQL, and how many more it may open under load: a fleet's
+    # processes together must stay below the server's max_connections (docs/operations.md, "Running a fleet").
+    database_pool_size: int = 10
+    database_max_overflow: int = 10
+    # How often the outbox relay looks for due jobs.
     relay_interval: float = 0.5
+    # Whether this worker runs the outbox relay: a fleet needs it on some workers, not on all.
+    relay: bool = True
+    # Whether `make run` applies the migrations before it starts the stack (off: something else does, once).
+    migrate: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -130,10 +216,16 @@ class Settings:
             payment_url=(env.get("PAYMENT_URL") or defaults.payment_url).rstrip("/"),
             inventory_url=(env.get("INVENTORY_URL") or defaults.inventory_url).rstrip("/"),
             notification_url=(env.get("NOTIFICATION_URL") or defaults.notification_url).rstrip("/"),
+            api_host=_host(env, "API_HOST", defaults.api_host),
             api_port=_port(env, "API_PORT", defaults.api_port),
             chaos_port=_port(env, "CHAOS_PORT", defaults.chaos_port),
+            worker_metrics_host=_host(env, "WORKER_METRICS_HOST", defaults.worker_metrics_host),
             worker_metrics_port=_port(env, "WORKER_METRICS_PORT", defaults.worker_metrics_port),
-            relay_interval=float(env.get("ORDERFLOW_RELAY_INTERVAL") or defaults.relay_interval),
+            database_pool_size=_count(env, "DATABASE_POOL_SIZE", defaults.database_pool_size, minimum=1),
+            database_max_overflow=_count(env, "DATABASE_MAX_OVERFLOW", defaults.database_max_overflow, minimum=0),
+            relay_interval=_seconds(env, "ORDERFLOW_RELAY_INTERVAL", defaults.relay_interval),
+            relay=_switch(env, "ORDERFLOW_RELAY", defaults.relay),
+            migrate=_switch(env, "ORDERFLOW_MIGRATE", defaults.migrate),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

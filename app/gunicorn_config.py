@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-bind = f"127.0.0.1:{os.environ.get('API_PORT', '8000')}"
+from app.config import api_bind
+
+# API_HOST:API_PORT, 127.0.0.1:8000 unless told otherwise; a host behind a load balancer listens on more.
+bind = api_bind()
 worker_class = "gthread"
 workers = int(os.environ.get("API_PROCESSES", "2"))
 threads = int(os.environ.get("API_THREADS", "8"))

@@ -31,7 +31,17 @@ from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
-from app.config import ROOT, Settings, SettingsError, admin_token_file, read_admin_token, var_dir
+from app.config import (
+    LOOPBACK,
+    ROOT,
+    Settings,
+    SettingsError,
+    address,
+    admin_token_file,
+    connect_host,
+    read_admin_token,
+    var_dir,
+)
 from app.port_check import bind_error, describe_holders, in_use
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
@@ -59,6 +69,8 @@ class ProcessSpec:
     ready_path: str | None = None
     # The variable that moves `port`, for a message about a port in use.
     port_variable: str | None = None
+    # Where the readiness probe connects: the process may listen beyond loopback (API_HOST), or elsewhere.
+    probe_host: str = LOOPBACK
 
 
 # Celery pool processes: a payment job spends most of its time waiting on the network (claim, capture,
@@ -118,11 +130,12 @@ def stack_processes(
                     ready_path="/version", port_variable="CHAOS_PORT"),
         ProcessSpec("api", [os.path.join(bindir, "gunicorn"), "--config", "python:app.gunicorn_config",
                             "app:create_app()"], 0, settings.api_port,
-                    ready_path="/health/ready", port_variable="API_PORT"),
+                    ready_path="/health/ready", port_variable="API_PORT", probe_host=connect_host(settings.api_host)),
         ProcessSpec("worker", [os.path.join(bindir, "celery"), "-A", "workers", "worker", "--loglevel=INFO",
                                "--queues=payments,notifications,dead_letter", f"--concurrency={WORKER_CONCURRENCY}",
                                "--without-gossip", "--without-mingle"], 0, settings.worker_metrics_port,
-                    ready_path="/metrics", port_variable="WORKER_METRICS_PORT"),
+                    ready_path="/metrics", port_variable="WORKER_METRICS_PORT",
+                    probe_host=connect_host(settings.worker_metrics_host)),
     ]
 
 
@@ -162,9 +175,9 @@ def check_ports(ports: list[tuple[int, str, str]]) -> None:
         raise StartupError("\n".join(problems))
 
 
-def probe(port: int, path: str, *, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """None when GET http://127.0.0.1:port/path answers 200, otherwise what happened instead."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def probe(port: int, path: str, *, timeout: float = PROBE_TIMEOUT, host: str = LOOPBACK) -> str | None:
+    """None when GET http://host:port/path answers 200, otherwise what happened instead."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", path)
         status = connection.getresponse().status
@@ -301,10 +314,7 @@ class Supervisor:
             for group in ("api", "worker"):
                 (metrics_dir / group).mkdir(parents=True)
             settings = Settings.from_env(env)
-            from app.adapters.migrate import upgrade
-
-            self.log(f"applying migrations to {settings.database_url.split('@')[-1]}")
-            upgrade(settings.database_url, schema=settings.database_schema)
+            self.migrate(settings)
             for spec in stack_processes(settings, simulator_ports=simulator_ports, populate=populate):
                 if self.stopping:
                     break
@@ -316,6 +326,18 @@ class Supervisor:
                 on_ready=lambda: self._banner(settings, env["ADMIN_TOKEN"], simulator_ports, proxy_ports))
         finally:
             self.stop()
+
+    def migrate(self, settings: Settings) -> None:
+        """Bring the database to the current schema, unless ORDERFLOW_MIGRATE=off: in a fleet the migrations run
+        once, from one place (compose's `migrate` service, a deploy step), not from every host's supervisor."""
+        where = settings.database_url.split("@")[-1]
+        if not settings.migrate:
+            self.log(f"not applying migrations to {where} (ORDERFLOW_MIGRATE=off)")
+            return
+        from app.adapters.migrate import upgrade
+
+        self.log(f"applying migrations to {where}")
+        upgrade(settings.database_url, schema=settings.database_schema)
 
     def _start_redis(self, var: Path) -> str:
         import redis as redis_client
@@ -341,13 +363,14 @@ class Supervisor:
         raise SystemExit("the embedded redis-server did not start")
 
     def _banner(self, settings: Settings, token: str, sims: tuple[int, ...], proxies: tuple[int, ...]) -> None:
-        self.log(f"order API       http://127.0.0.1:{settings.api_port}/api/orders")
-        self.log(f"readiness       http://127.0.0.1:{settings.api_port}/health/ready")
-        self.log(f"admin page      http://127.0.0.1:{settings.api_port}/admin/")
+        api = f"http://{address(connect_host(settings.api_host), settings.api_port)}"
+        worker = f"http://{address(connect_host(settings.worker_metrics_host), settings.worker_metrics_port)}"
+        self.log(f"order API       {api}/api/orders")
+        self.log(f"readiness       {api}/health/ready")
+        self.log(f"admin page      {api}/admin/")
         self.log(f"admin token     {token}   (kept in {var_dir() / 'admin-token'})")
-        self.log(f"API docs        http://127.0.0.1:{settings.api_port}/docs")
-        self.log(f"metrics         http://127.0.0.1:{settings.api_port}/metrics and "
-                 f"http://127.0.0.1:{settings.worker_metrics_port}/metrics")
+        self.log(f"API docs        {api}/docs")
+        self.log(f"metrics         {api}/metrics and {worker}/metrics")
         self.log(f"chaos proxy API http://127.0.0.1:{settings.chaos_port}/proxies")
         self.log(f"Celery broker   {maybe_sanitize_url(settings.broker_url)}")
         for kind, sim, proxy in zip(DEPENDENCIES, sims, proxies, strict=True):
@@ -366,7 +389,7 @@ class Supervisor:
                 return 1
             if on_ready is not None:
                 for name, spec in list(waiting.items()):
-                    problem = probe(spec.port or 0, spec.ready_path or "/")
+                    problem = probe(spec.port or 0, spec.ready_path or "/", host=spec.probe_host)
                     if problem is None:
                         del waiting[name]
                         problems.pop(name, None)

@@ -200,8 +200,8 @@ def run(
 
 def _acquire_script_call(store: RedisBreakerStore) -> tuple[list[str], list[str]]:
     """The keys and arguments the store sends for a first attempt with the circuit closed, no budget."""
-    base = f"{store._prefix}:cb:payment:"  # noqa: SLF001 - mirrors the store's key layout for the split
-    keys = [base + part for part in ("open", "isolated", "tripped", "probe", "budget")]
+    open_, isolated, tripped, probe, _, budget = store._keys_of("payment")  # noqa: SLF001 - the store's layout
+    keys = [open_, isolated, tripped, probe, budget]
     return keys, ["1", "0", "0", "0", "0", "0", "5000", "bench:1"]
 
 

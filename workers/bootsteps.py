@@ -7,13 +7,14 @@ with the worker. A prefork child that is replaced later builds its own services 
 from __future__ import annotations
 
 import logging
-import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery import bootsteps
 
+from app.config import LOOPBACK, address
 from app.logs import configure_logging
 
 log = logging.getLogger("orderflow.worker")
@@ -33,6 +34,10 @@ class OutboxRelayStep(bootsteps.StartStopStep):
         from workers.relay import OutboxRelay, RelayThread, no_fork
 
         context = worker_context()
+        if not context.services.settings.relay:
+            # Another worker of the fleet runs it: this one only consumes the queues.
+            log.info("outbox relay off on this worker (ORDERFLOW_RELAY=off)", extra={"event": "relay_off"})
+            return
         relay = OutboxRelay(
             uow=context.services.uow,
             send_payment=context.publisher.send_payment,
@@ -58,8 +63,8 @@ class OutboxRelayStep(bootsteps.StartStopStep):
 
 
 class MetricsServerStep(bootsteps.StartStopStep):
-    """`GET /metrics` on 127.0.0.1:$WORKER_METRICS_PORT: every worker process's metrics (multiprocess mode)
-    plus the fleet gauges read from the database and the shared circuit state."""
+    """`GET /metrics` on $WORKER_METRICS_HOST:$WORKER_METRICS_PORT: every worker process's metrics (multiprocess
+    mode) plus the fleet gauges read from the database and the shared circuit state."""
 
     requires = {"celery.worker.components:Pool"}
 
@@ -71,11 +76,14 @@ class MetricsServerStep(bootsteps.StartStopStep):
         from workers.context import worker_context
 
         context = worker_context()
-        self.server = metrics_server(context.services, port=context.services.settings.worker_metrics_port)
+        settings = context.services.settings
+        self.server = metrics_server(context.services, host=settings.worker_metrics_host,
+                                     port=settings.worker_metrics_port)
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                          name="orderflow-worker-metrics", daemon=True).start()
-        log.info("worker metrics on http://127.0.0.1:%d/metrics", self.server.server_address[1],
-                 extra={"event": "metrics_started", "port": self.server.server_address[1]})
+        host, port = self.server.server_address[:2]
+        log.info("worker metrics on http://%s/metrics", address(str(host), int(port)),
+                 extra={"event": "metrics_started", "host": host, "port": port})
 
     def stop(self, parent: Any) -> None:
         if self.server is not None:
@@ -86,7 +94,7 @@ class MetricsServerStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
-def metrics_server(services: Any, *, port: int) -> ThreadingHTTPServer:
+def metrics_server(services: Any, *, port: int, host: str = LOOPBACK) -> ThreadingHTTPServer:
     from app.metrics import render
     from workers.relay import no_fork
 
@@ -109,9 +117,14 @@ def metrics_server(services: Any, *, port: int) -> ThreadingHTTPServer:
             return
 
     # 127.0.0.1 on a developer's machine; a container sets WORKER_METRICS_HOST=0.0.0.0 so Prometheus can scrape it.
-    server = ThreadingHTTPServer((os.environ.get("WORKER_METRICS_HOST") or "127.0.0.1", port), Handler)
+    server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), Handler)
     server.daemon_threads = True
     return server
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 __all__ = ["MetricsServerStep", "OutboxRelayStep", "metrics_server"]

@@ -26,7 +26,10 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -> Engine:
+def make_engine(
+    url: str, *, schema: str | None = None, pool_size: int = 10, max_overflow: int | None = None
+) -> Engine:
+    """`max_overflow`: connections opened beyond `pool_size` under load (None: as many again)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
@@ -40,7 +43,7 @@ def make_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -> 
         url,
         connect_args=connect_args,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_timeout=DB_WAIT_SECONDS,
         pool_pre_ping=True,
         pool_recycle=1800,

@@ -277,7 +277,12 @@ class InventoryClient:
 
     def _cached(self, product_ids: list[int]) -> dict[int, int | None]:
         try:
-            values = self._cache.mget([f"{self._prefix}{pid}" for pid in product_ids])
+            # One GET per key, pipelined (one round trip as MGET): each product's key hashes to a slot of its own
+            # on Redis Cluster, where an MGET across slots is refused.
+            pipe = self._cache.pipeline(transaction=False)
+            for pid in product_ids:
+                pipe.get(f"{self._prefix}{pid}")
+            values = pipe.execute()
         except redis.RedisError:
             return {}
         return {pid: int(v) if v is not None else None for pid, v in zip(product_ids, values, strict=True)}

@@ -15,11 +15,13 @@ The admission is the hot path, so it costs one round trip and little else: each 
 connection (no pool checkout per call) and sends a command packed once per circuit, flags and thread; with
 the circuit closed and no budget the script reads three keys with one MGET and answers a bare integer.
 
-Keys, under `key_prefix` and per circuit `<prefix>:cb:<name>:`: `open` (value: break end, epoch ms),
+Keys, under `key_prefix` and per circuit `<prefix>:{cb:<name>}:`: `open` (value: break end, epoch ms),
 `isolated`, `tripped` ("open" until the first probe is claimed, then "half"; gone when closed), `probe`
 (the token of the probe claimed last, handed out with its admission and reported back with its outcome),
 `win` (hash `<bucket>:t` / `<bucket>:f`), `budget` (hash `<bucket>:c` / `<bucket>:r`). A bucket's first
 write deletes the buckets that left the window, so the hashes stay small however long the traffic lasts.
+The braces are a Redis Cluster hash tag: every key of one circuit hashes to the same slot, so each script,
+which touches several of them, runs on a cluster too (Redis refuses a script whose keys span slots).
 """
 
 from __future__ import annotations
@@ -404,7 +406,7 @@ class RedisBreakerStore:
     def _keys_of(self, name: str) -> tuple[str, ...]:
         keys = self._keys.get(name)
         if keys is None:
-            base = f"{self._prefix}:cb:{name}:"
+            base = f"{self._prefix}:{{cb:{name}}}:"  # one hash tag per circuit: see the module's docstring
             keys = tuple(base + part for part in ("open", "isolated", "tripped", "probe", "win", "budget"))
             self._keys[name] = keys
         return keys

@@ -33,8 +33,12 @@ STACK_TO_COMPOSE = {
     "worker": "worker",
 }
 # Compose services with no process of their own under make run: the database there is a file (or
-# DATABASE_URL), Redis is embedded, the supervisor applies the migrations itself, and monitoring is optional.
-INFRASTRUCTURE = {"postgres", "redis", "migrate", "prometheus", "grafana"}
+# DATABASE_URL), Redis is embedded, the supervisor applies the migrations itself, one API needs no load
+# balancer, and monitoring is optional.
+INFRASTRUCTURE = {"postgres", "redis", "migrate", "lb", "prometheus", "grafana"}
+# The api and worker services scale to several replicas, so they publish no host port: the load balancer
+# publishes the API's port, and Prometheus scrapes each worker replica on the compose network.
+PUBLISHED_BY = {"api": "lb", "worker": None}
 # CONTRACT section 2.
 CONTRACT_PORTS = {"api": 8000, "worker": 9808, "chaosproxy": 8474, "payment-sim": 9101, "inventory-sim": 9102,
                   "notification-sim": 9103}
@@ -124,7 +128,7 @@ def _compose_listen_port(name: str, service: dict[str, Any]) -> int:
     if name == "chaosproxy":
         return int(_options(args).get("port") or TOXIPROXY_DEFAULT_PORT)
     if name == "api":
-        return _host_port(_options(args[1:])["bind"])[1]
+        return int(_environment(service).get("API_PORT") or Settings().api_port)
     env_port = _environment(service)["WORKER_METRICS_PORT"]
     assert env_port is not None
     return int(env_port)
@@ -158,7 +162,11 @@ def test_compose_listens_on_and_publishes_the_same_port(
     service = services[STACK_TO_COMPOSE[name]]
     port = stack[name].port
     assert _compose_listen_port(name, service) == port
-    assert _published(service).get(port) == port, f"{STACK_TO_COMPOSE[name]} must publish {port}:{port}"
+    publisher = PUBLISHED_BY.get(name, STACK_TO_COMPOSE[name])
+    if publisher is None:
+        assert port not in _published(service)
+        return
+    assert _published(services[publisher]).get(port) == port, f"{publisher} must publish {port}:{port}"
 
 
 @pytest.mark.parametrize("name", ["payment-sim", "inventory-sim", "notification-sim", "api", "worker"])
@@ -200,9 +208,10 @@ def test_api_runs_the_same_gunicorn_config_and_app_factory(
     assert Path(local[0]).name == "gunicorn" and compose[0] == "gunicorn"
     local_args, local_bind = _without_bind(local[1:])
     compose_args, compose_bind = _without_bind(compose[1:])
-    # make run leaves the address to the config module; a container must listen beyond its loopback.
-    assert local_bind is None
-    assert compose_bind == f"{ALL_INTERFACES}:{stack['api'].port}"
+    # Both leave the address to the config module (API_HOST); a container must listen beyond its loopback.
+    assert local_bind is None and compose_bind is None
+    assert Settings().api_host == LOOPBACK
+    assert _environment(services["api"])["API_HOST"] == ALL_INTERFACES
     assert local_args == compose_args
     assert _options(local_args[:-1]) == {"config": "python:app.gunicorn_config"}
     assert local_args[-1] == "app:create_app()"
@@ -212,6 +221,7 @@ def test_the_gunicorn_config_binds_make_run_to_the_api_port(
     monkeypatch: pytest.MonkeyPatch, stack: dict[str, ProcessSpec]
 ) -> None:
     monkeypatch.setenv("API_PORT", str(Settings().api_port))
+    monkeypatch.delenv("API_HOST", raising=False)
     config = runpy.run_path(str(REPO / "app" / "gunicorn_config.py"))
     assert config["bind"] == f"{LOOPBACK}:{stack['api'].port}"
 

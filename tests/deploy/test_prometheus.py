@@ -63,10 +63,10 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     assert f"{len(exprs)} rules found" in output
 
 
-def test_scrape_config_targets_the_api_and_the_workers() -> None:
+def test_scrape_config_finds_every_api_and_worker_replica() -> None:
     config = _load("prometheus.yml")
-    targets = {target for job in config["scrape_configs"] for static in job["static_configs"]
-               for target in static["targets"]}
+    targets = {f"{name}:{sd['port']}" for job in config["scrape_configs"] for sd in job["dns_sd_configs"]
+               for name in sd["names"]}
     assert targets == {"api:8000", "worker:9808"}
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
     assert config["rule_files"] == ["alerts.yml"]

@@ -267,7 +267,7 @@ def test_budget_and_window_hashes_forget_buckets_that_left_the_window(
         breaker.record(True)
         store.flush()
         time.sleep(0.002)
-    base = f"{key_prefix}:cb:payment:"
+    base = f"{key_prefix}:{{cb:payment}}:"
     # one field per live bucket (10), and a few more at most while a bucket starts
     assert redis_client.hlen(base + "budget") <= 12
     assert redis_client.hlen(base + "win") <= 12

@@ -117,13 +117,14 @@ class WorkerStack:
                 self._services = bootstrap(Settings.from_env(self.env))
             return self._services
 
-    def start_worker(self, *, wait: bool = True) -> subprocess.Popen[bytes]:
+    def start_worker(self, *, wait: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`env`: variables of this worker alone, over the stack's."""
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO", "--concurrency=2",
              "--queues=payments,notifications,dead_letter", "--without-gossip", "--without-mingle",
              "--hostname", f"w{len(self.workers)}@%h"],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
         self.workers.append(proc)
