@@ -30,8 +30,8 @@ import requests
 from sqlalchemy import Engine, select
 
 from app.adapters.db import make_engine
-from app.adapters.tables import orders as orders_table
-from app.adapters.tables import payment_jobs
+from app.adapters.sql.tables import orders as orders_table
+from app.adapters.sql.tables import payment_jobs
 from tests.fleet.hosts import Fleet, Host, fleet, wait_until
 from tests.support import fresh_database
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.adapters import jobs_repository as jobs
-from app.adapters.db import read, write
 from tests.broker import environment_broker
 from tests.support import fresh_database
 from tests.workers.processes import WorkerStack, free_port, wait_until, worker_stack
@@ -40,8 +38,8 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def lease(stack: WorkerStack, order_id: str) -> tuple[str, datetime | None]:
-    with read(stack.services.engine) as conn:
-        job = jobs.get_payment_job(conn, order_id)
+    with stack.services.uow(read_only=True) as unit:
+        job = unit.outbox.payments.get(order_id)
     assert job is not None
     return job.state, job.lease_until
 
@@ -51,9 +49,10 @@ def test_a_worker_with_the_relay_off_runs_jobs_but_takes_no_lease_back(stack: Wo
     # A job whose worker died mid-run before any worker of this stack started: its lease ran out already.
     orphan = stack.place()
     now = datetime.now(UTC)
-    with write(stack.services.engine) as conn:
-        assert jobs.claim_payment_job(conn, orphan.id, now=now + timedelta(minutes=1),
-                                      lease_until=now - timedelta(seconds=1), token="d" * 32)
+    with stack.services.uow() as unit:
+        assert unit.outbox.payments.claim(orphan.id, now=now + timedelta(minutes=1),
+                                          lease_until=now - timedelta(seconds=1), token="d" * 32)
+        unit.commit()
     expired = lease(stack, orphan.id)
 
     stack.start_worker(env={"ORDERFLOW_RELAY": "off", "WORKER_METRICS_HOST": "0.0.0.0"})
