@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.adapters.redis_breaker_store import _ACQUIRE, connection_factory, pack_command
 from app.resilience import (
     Bulkhead,
     CircuitBreaker,
@@ -26,7 +27,6 @@ from app.resilience import (
     parse_policies,
     shared_state,
 )
-from app.resilience.shared_state import _ACQUIRE, connection_factory, pack_command
 
 from .results import BenchmarkResult, Measurement
 

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from app.adapters.http import HttpResponse, HttpTimeoutError, HttpTransport, HttpTransportError
+from app.adapters.redis_breaker_store import RedisBreakerStore
 from app.config import Settings
 from app.domain import AttemptRecord, InventorySource, payment_key
 from app.metrics import PrometheusHook
@@ -28,7 +29,6 @@ from app.resilience import (
     CircuitBreaker,
     LoggingHook,
     Outcome,
-    RedisBreakerStore,
     ResilienceConfig,
     ResiliencePipeline,
     ResilienceTimeoutError,

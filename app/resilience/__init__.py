@@ -5,24 +5,40 @@ and report every decision as an event to hooks (see `telemetry.py`).
 """
 
 from .backoff import full_jitter_delay
-from .budget import RetryBudget
+from .budget import BudgetSpec, RetryBudget
 from .bulkhead import Bulkhead, BulkheadRejectedError
 from .circuit_breaker import (
+    ADMIT,
+    BUCKETS,
+    CLOSED,
+    HALF_OPEN,
+    ISOLATED,
+    NO_BUDGET,
+    OPEN,
+    PROBE,
+    REJECT_HALF_OPEN,
+    REJECT_ISOLATED,
+    REJECT_OPEN,
+    STATE_VALUES,
+    Admission,
+    BreakerSpec,
+    BreakerStore,
     BrokenCircuitError,
     CircuitBreaker,
     CircuitSnapshot,
     LocalBreakerStore,
+    Transition,
 )
 from .config import JobsPaymentConfig, PolicyFileError, ResilienceConfig, load_policies, parse_policies
 from .fallback import Fallback
 from .hedging import HedgingPolicy
 from .pipeline import Attempt, ResiliencePipeline, build_pipeline
 from .retry import Outcome, RetryPolicy, is_retryable_status
-from .shared_state import RedisBreakerStore
 from .telemetry import LoggingHook, RecordingHook
 from .timeout import AttemptTimeoutError, ResilienceTimeoutError, TotalTimeoutError
 
 __all__ = [
+    # the policies
     "Attempt",
     "AttemptTimeoutError",
     "BrokenCircuitError",
@@ -38,7 +54,6 @@ __all__ = [
     "Outcome",
     "PolicyFileError",
     "RecordingHook",
-    "RedisBreakerStore",
     "ResilienceConfig",
     "ResiliencePipeline",
     "ResilienceTimeoutError",
@@ -50,4 +65,22 @@ __all__ = [
     "is_retryable_status",
     "load_policies",
     "parse_policies",
+    # for stores that keep circuit state elsewhere (`BreakerStore`): what they answer and remember
+    "ADMIT",
+    "BUCKETS",
+    "CLOSED",
+    "HALF_OPEN",
+    "ISOLATED",
+    "NO_BUDGET",
+    "OPEN",
+    "PROBE",
+    "REJECT_HALF_OPEN",
+    "REJECT_ISOLATED",
+    "REJECT_OPEN",
+    "STATE_VALUES",
+    "Admission",
+    "BreakerSpec",
+    "BreakerStore",
+    "BudgetSpec",
+    "Transition",
 ]

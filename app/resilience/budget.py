@@ -2,7 +2,8 @@
 
 The spirit of gRPC retry throttling and Finagle's RetryBudget: retries may add at most a fixed share of
 load on top of a small floor, so a struggling dependency is not buried under a retry storm. The fleet-wide
-variant lives in the Redis store (`shared_state.py`), charged by the same script that admits the call.
+variant lives in the Redis store (`app/adapters/redis_breaker_store.py`), charged by the same script that
+admits the call.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ not by the thread that was admitted: a hedged attempt, for one, runs on a thread
 lost that reports after another probe was admitted decides nothing; its successor does.
 
 The store decides where state lives: `LocalBreakerStore` (this process) or `RedisBreakerStore`
-(`shared_state.py`, every API and worker process). Transitions are reported by the process that caused them.
+(`app/adapters/redis_breaker_store.py`, every API and worker process). Transitions are reported by the process
+that caused them.
 """
 
 from __future__ import annotations

@@ -22,13 +22,13 @@ import pytest
 
 from app.adapters.db import DB_WAIT_SECONDS
 from app.adapters.dependencies import PaymentClient, payment_probe_timeout
+from app.adapters.redis_breaker_store import RedisBreakerStore
 from app.config import Settings
 from app.resilience.backoff import constant_delay, exponential_delay
 from app.resilience.budget import DEFAULT_WINDOW
 from app.resilience.circuit_breaker import BUCKETS
 from app.resilience.config import DependencyConfig, ResilienceConfig, load_policies, parse_policies
 from app.resilience.pipeline import build_pipeline
-from app.resilience.shared_state import RedisBreakerStore
 from app.services import notifications
 from app.services.flags import CACHE_SECONDS
 from app.services.notifications import NotificationRunner

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis
 
+from app.adapters.redis_breaker_store import RedisBreakerStore
 from app.resilience.circuit_breaker import BrokenCircuitError, CircuitBreaker
-from app.resilience.shared_state import RedisBreakerStore
 
 SPEC: dict[str, Any] = dict(failure_ratio=0.5, sampling_duration=10.0, minimum_throughput=10,
                             break_duration=30.0, probe_timeout=5.0)

@@ -21,10 +21,7 @@ import redis
 from redis.crc import key_slot
 
 from app.adapters.dependencies import InventoryClient
-from app.domain import InventorySource
-from app.resilience import CircuitBreaker, RetryBudget
-from app.resilience.circuit_breaker import ADMIT, PROBE, BrokenCircuitError
-from app.resilience.shared_state import (
+from app.adapters.redis_breaker_store import (
     _ACQUIRE_SCRIPT,
     _ADMIN_SCRIPT,
     _FLUSH_SCRIPT,
@@ -33,6 +30,9 @@ from app.resilience.shared_state import (
     RedisBreakerStore,
     _Script,
 )
+from app.domain import InventorySource
+from app.resilience import CircuitBreaker, RetryBudget
+from app.resilience.circuit_breaker import ADMIT, PROBE, BrokenCircuitError
 
 SCRIPTS = {_ACQUIRE_SCRIPT.sha: "acquire", _FLUSH_SCRIPT.sha: "flush", _PROBE_SCRIPT.sha: "probe result",
            _RELEASE_SCRIPT.sha: "release probe", _ADMIN_SCRIPT.sha: "admin"}

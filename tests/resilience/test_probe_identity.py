@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from app.adapters.redis_breaker_store import RedisBreakerStore
 from app.resilience import Attempt, CircuitBreaker, HedgingPolicy, ResiliencePipeline
 from app.resilience.circuit_breaker import PROBE, BreakerStore, BrokenCircuitError, LocalBreakerStore
 from app.resilience.retry import Outcome
-from app.resilience.shared_state import RedisBreakerStore
 
 BREAK = 0.2
 HEDGE_DELAY = 0.05

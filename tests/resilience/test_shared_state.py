@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.adapters.redis_breaker_store import RedisBreakerStore, _Script
 from app.resilience import Attempt, CircuitBreaker, RecordingHook, ResiliencePipeline, RetryBudget, RetryPolicy
 from app.resilience.circuit_breaker import ADMIT, PROBE, BrokenCircuitError
 from app.resilience.events import BreakerTransition
-from app.resilience.shared_state import RedisBreakerStore, _Script
 
 from . import _shared_workers as workers
 

@@ -41,8 +41,7 @@ from redis.connection import AbstractConnection, Encoder, PythonRespSerializer
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from .budget import BudgetSpec
-from .circuit_breaker import (
+from app.resilience import (
     ADMIT,
     CLOSED,
     HALF_OPEN,
@@ -55,6 +54,7 @@ from .circuit_breaker import (
     REJECT_OPEN,
     Admission,
     BreakerSpec,
+    BudgetSpec,
     CircuitSnapshot,
     LocalBreakerStore,
     Transition,
@@ -62,7 +62,7 @@ from .circuit_breaker import (
 
 _log = logging.getLogger(__name__)
 
-# SPAN: buckets per window, as in the local windows (circuit_breaker.BUCKETS, budget._BUCKETS).
+# SPAN: buckets per window, as in the policies' local windows (app.resilience.BUCKETS).
 # `clock()` only where a script needs the time: Redis 6.2 refuses TIME before a write unless the script
 # replicates its effects (a no-op from Redis 7 on, where that is the default).
 _PRELUDE = """
