@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 
 from app.adapters import jobs_repository as jobs
 from app.adapters.db import read, write
+from app.logs import name_thread
 from workers.celery_app import PROCESS_PAYMENT, QUEUES, SEND_NOTIFICATION
 
 log = logging.getLogger("orderflow.relay")
@@ -156,6 +157,8 @@ class RelayThread:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orderflow-outbox-relay", daemon=True)
+        # Its lines (and those of what it calls: the publisher, the circuit) say `relay`, not `worker`.
+        name_thread(self._thread.name, "relay")
 
     def start(self) -> None:
         self._thread.start()
