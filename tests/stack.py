@@ -20,6 +20,9 @@ from tests.broker import drop_queues, require_reachable
 from tests.support import DatabaseHandle, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the stack's log lines name as their process (app.logs).
+STACK_PROCESSES = {"api", "worker", "relay", "chaosproxy", "payment", "inventory", "notification", "supervisor",
+                   "redis"}
 
 
 def descendants(pid: int) -> set[int]:
@@ -134,7 +137,9 @@ def running_stack(tmp: Path, *, extra_env: dict[str, str] | None = None, policie
         api, chaos, metrics, *rest = free_ports(9)
         sims, proxies = rest[:3], rest[3:]
         var = tmp / "var"
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_SCHEMA")}
+        # The log file is no terminal: the stack writes JSON lines there unless `extra_env` asks for text.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "DATABASE_SCHEMA", "ORDERFLOW_LOG_FORMAT")}
         env.update(db.env())
         env.update({
             "API_PORT": str(api), "CHAOS_PORT": str(chaos), "WORKER_METRICS_PORT": str(metrics),
