@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from app.logs import library_level, log_level
@@ -30,6 +31,10 @@ logconfig_dict = {
                 for name in ("gunicorn.error", "gunicorn.access", "orderflow")},
 }
 proc_name = "orderflow-api"
+
+
+def on_starting(server: object) -> None:
+    logging.captureWarnings(True)  # a warning is a line of the stream too, not text printed beside it
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -163,13 +163,11 @@ class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def log_handler(process: str, *, fmt: str | None = None, stream: IO[str] | None = None) -> logging.Handler:
-    """A handler writing `process`'s lines to `stream` (stderr) in `fmt` (ORDERFLOW_LOG_FORMAT's choice).
-
-    Also the factory gunicorn's `logconfig_dict` names, so Python's warnings are made log records here too."""
+    """A handler writing `process`'s lines to `stream` (stderr) in `fmt` (ORDERFLOW_LOG_FORMAT's choice); the
+    factory gunicorn's `logconfig_dict` names."""
     stream = sys.stderr if stream is None else stream
     handler = LogHandler(stream)
     handler.setFormatter(make_formatter(process, fmt or log_format(stream=stream)))
-    logging.captureWarnings(True)
     return handler
 
 
@@ -191,6 +189,7 @@ def configure_logging(process: str = "api", *, level: str | int | None = None, f
     root.setLevel(library_level(level))
     for name in STACK_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(True)  # a warning is a line of the stream too, not text printed beside it
 
 
 def log_line(message: str, *, process: str, pid: int, level: int, source: str) -> None:
