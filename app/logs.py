@@ -2,7 +2,7 @@
 
 JSON, one object per line: `ts`, `process`, `level`, `logger`, `msg`, `pid`, then the event's own fields
 (and `exc` for a traceback). Text, for a person at a terminal:
-`api          | 12:00:01 INFO  circuit isolated service=payment`, every line of a traceback under the same prefix.
+`api          | 12:00:01 WARNING circuit isolated service=payment`, every line of a traceback under the same prefix.
 ORDERFLOW_LOG_FORMAT (`json` or `text`) chooses; unset, a terminal gets text and anything else JSON.
 `make run` decides for its own output and tells the processes it starts, whose output reaches it through
 pipes (where they could not tell a terminal themselves).
