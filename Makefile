@@ -11,8 +11,9 @@ DEV_STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint bench campaign lock clean python-version
 
+# Not echoed: the output of `make run` is the stack's log stream alone (JSON lines when it is not a terminal).
 run: python-version $(RUN_STAMP)
-	exec $(PY) -m app.supervisor
+	@exec $(PY) -m app.supervisor
 
 test: python-version $(DEV_STAMP) lint
 	$(PY) -m pytest

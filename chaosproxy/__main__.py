@@ -9,6 +9,7 @@ import sys
 import threading
 from types import FrameType
 
+from app.logs import configure_logging, log_level
 from chaosproxy.server import ChaosProxyServer
 
 log = logging.getLogger("chaosproxy")
@@ -19,15 +20,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address of the control API")
     parser.add_argument("--port", type=int, default=8474, help="port of the control API (0: any free one)")
     parser.add_argument("--config", help="JSON list of proxies to create at start (Toxiproxy's -config)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: ORDERFLOW_LOG_LEVEL, else INFO)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s chaosproxy %(levelname)s %(message)s"
-    )
+    configure_logging("chaosproxy", level=(args.log_level or log_level()).upper())
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

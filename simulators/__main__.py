@@ -9,6 +9,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from app.logs import configure_logging, log_level
+
 from .server import DEFAULT_PORTS, KINDS, serve
 
 logger = logging.getLogger("simulators")
@@ -27,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the error_rate fault's random source")
     parser.add_argument("--verbose", action="store_true", help="log one line per request")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    configure_logging(args.kind, level=log_level())
 
     stop = threading.Event()
     # Installed before the socket opens, so an early SIGTERM still ends in a clean exit.

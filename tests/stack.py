@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_BOUND = 10.0  # seconds from the signal until no process of the stack is left (the contract's bound)
+# What the stack's log lines name as their process (app.logs).
+STACK_PROCESSES = {"api", "worker", "relay", "chaosproxy", "payment", "inventory", "notification", "supervisor",
+                   "redis"}
 
 
 def descendants(pid: int) -> set[int]:
@@ -225,7 +228,9 @@ def running_stack(tmp: Path, *, extra_env: dict[str, str] | None = None, policie
         prefix = f"e2e{uuid.uuid4().hex[:12]}"
         sims, proxies = rest[:3], rest[3:]
         var = tmp / "var"
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_SCHEMA")}
+        # The log file is no terminal: the stack writes JSON lines there unless `extra_env` asks for text.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "DATABASE_SCHEMA", "ORDERFLOW_LOG_FORMAT")}
         env.update(db.env())
         env.update({
             "API_PORT": str(api), "CHAOS_PORT": str(chaos), "WORKER_METRICS_PORT": str(metrics),

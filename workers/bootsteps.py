@@ -15,7 +15,6 @@ from typing import Any
 from celery import bootsteps
 
 from app.config import LOOPBACK, address
-from app.logs import configure_logging
 
 log = logging.getLogger("orderflow.worker")
 
@@ -25,7 +24,6 @@ class OutboxRelayStep(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        configure_logging()
         self.thread: Any = None
 
     def start(self, parent: Any) -> None:

@@ -5,15 +5,17 @@ those live in worker memory and come back through visibility_timeout redelivery,
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.worker import consumer as celery_consumer
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from app.config import DEFAULT_PREFIX, Settings
+from app.logs import LEVEL_VARIABLE, configure_logging, log_level
 
 PROCESS_PAYMENT = "orderflow.process_payment"
 SEND_NOTIFICATION = "orderflow.send_notification"
@@ -126,7 +128,6 @@ def celery_config(settings: Settings, *, role: str = "worker") -> dict[str, Any]
         "task_routes": {name: {"queue": queue} for name, queue in QUEUES.items()},
         "task_default_queue": "payments",
         "task_create_missing_queues": True,
-        "worker_hijack_root_logger": False,
         "broker_pool_limit": 10,
     }
     if amqp:
@@ -170,7 +171,24 @@ def make_celery(settings: Settings | None = None, *, role: str = "worker") -> Ce
 
     app.steps["worker"].add(OutboxRelayStep)
     app.steps["worker"].add(MetricsServerStep)
+    signals.setup_logging.connect(_log_like_every_process)
+    signals.celeryd_after_setup.connect(_banner_as_a_log_line)
     return app
+
+
+def _log_like_every_process(loglevel: int | None = None, **_: Any) -> None:
+    """Celery's lines, its tasks' and OrderFlow's through the one handler, in the stack's format, as `worker`.
+
+    With a receiver of this signal Celery configures no logger of its own (nor does it redirect stdout, and
+    `worker_hijack_root_logger` has nothing left to do); the pool processes inherit this on fork. The level
+    is `--loglevel`'s unless ORDERFLOW_LOG_LEVEL is set, which then rules every process of the stack alike."""
+    configure_logging("worker", level=log_level() if LEVEL_VARIABLE in os.environ else loglevel or None)
+
+
+def _banner_as_a_log_line(sender: str, instance: Any, **_: Any) -> None:
+    """Celery prints its start-up banner on stdout, outside logging: it becomes one log record instead."""
+    instance.quiet = True
+    logger.info("%s", instance.startup_info(artlines=False).strip("\n"), extra={"event": "worker_starting"})
 
 
 def _leave_unacknowledged_messages_in_redis() -> None:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from app.logs import name_thread
 from app.services.outbox_relay import DEFAULT_REPUBLISH_AFTER, OutboxRelay, RelayPass
 
 log = logging.getLogger("orderflow.relay")
@@ -35,6 +36,8 @@ class RelayThread:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orderflow-outbox-relay", daemon=True)
+        # Its lines (and those of what it calls: the publisher, the circuit) say `relay`, not `worker`.
+        name_thread(self._thread.name, "relay")
 
     def start(self) -> None:
         self._thread.start()

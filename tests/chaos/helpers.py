@@ -141,7 +141,7 @@ def log_size(stack: RunningStack) -> int:
 
 
 def log_events(stack: RunningStack, *, since: int = 0) -> list[dict[str, Any]]:
-    """The JSON log lines written after byte offset `since` (Celery's and Redis's own lines skipped)."""
+    """The JSON log lines written after byte offset `since` (every process's; what make printed skipped)."""
     with open(stack.log, "rb") as f:
         f.seek(since)
         lines = f.read().decode(errors="replace").splitlines()

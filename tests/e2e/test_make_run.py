@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.stack import RunningStack, alive, descendants, running_stack
+from tests.stack import STACK_PROCESSES, RunningStack, alive, descendants, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,42 @@ def test_a_worker_killed_outright_is_restarted_and_pending_orders_still_confirm(
     assert len(stack.captures(pending["id"])) == 1
     assert worker_main() == restarted
     assert "worker exited with -9; restarting it" in stack.log.read_text(errors="replace")
+
+
+def test_the_stack_writes_one_stream_of_json_lines_each_naming_its_process(stack: RunningStack) -> None:
+    """The log file is no terminal: every line the stack wrote is JSON, gunicorn's and Celery's included."""
+    order = stack.order().json()  # confirmed: the worker receives its notification task
+
+    def entries() -> list[dict[str, Any]]:
+        lines = stack.log.read_text(errors="replace").splitlines()
+        first = next(i for i, line in enumerate(lines) if line.startswith("{"))  # before it: make's own output
+        return [json.loads(line) for line in lines[first:]]
+
+    deadline = time.monotonic() + 20
+    while not any(e["logger"] == "celery.worker.strategy" for e in entries()):
+        assert time.monotonic() < deadline, f"no task received by the worker:\n{stack.tail()}"
+        time.sleep(0.2)
+    found = entries()
+    assert {e["process"] for e in found} <= STACK_PROCESSES
+    assert all({"ts", "level", "logger", "msg", "pid"} <= e.keys() for e in found)
+
+    def one(process: str, logger: str, text: str) -> dict[str, Any]:
+        matching = [e for e in found
+                    if e["process"] == process and e["logger"] == logger and text.lower() in e["msg"].lower()]
+        assert matching, f"no line of {process} from {logger} saying {text!r}:\n{stack.tail()}"
+        return matching[0]
+
+    one("api", "gunicorn.error", "Booting worker with pid")
+    one("api", "gunicorn.access", '"POST /api/orders HTTP/1.1" 201')
+    one("worker", "celery.apps.worker", "ready.")
+    one("worker", "celery.worker.strategy", "] received")
+    one("supervisor", "orderflow.supervisor", "order API       http://")
+    one("chaosproxy", "chaosproxy", "populated 3 proxies")
+    for kind in ("payment", "inventory", "notification"):
+        one(kind, "simulators", f"{kind} simulator listening on")
+    if "REDIS_URL" not in os.environ:  # the embedded redis-server, whose lines the supervisor re-emits
+        assert one("redis", "redis-server", "ready to accept connections")["level"] == "info"
+    assert order["status"] == "Confirmed"
 
 
 def order_taken_while_the_payment_proxy_is_down(stack: RunningStack) -> dict[str, Any]:

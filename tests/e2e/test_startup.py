@@ -24,7 +24,7 @@ from bench.stack import free_ports
 from tests.stack import ROOT, alive, descendants
 from tests.support import fresh_database
 
-BANNER = "[orderflow] order API       http://"  # the banner's first line
+BANNER = "order API       http://"  # the banner's first line
 REFUSED_WITHIN = 8.0  # seconds; before these checks, a taken port cost ~50 s of restarts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 from app import cli
 from app.config import ROOT, Settings, SettingsError, read_admin_token
-from app.supervisor import _admin_token
+from app.supervisor import StartupError, _admin_token
 
 TOO_OPEN = [0o644, 0o640, 0o604, 0o620, 0o602, 0o666]
 
@@ -76,9 +77,9 @@ def test_admin_token_from_the_environment_wins_and_writes_nothing(tmp_path: Path
 @pytest.mark.parametrize("mode", TOO_OPEN, ids=[f"{m:o}" for m in TOO_OPEN])
 def test_a_token_file_others_may_read_or_write_stops_the_start(tmp_path: Path, mode: int) -> None:
     path = _stored(tmp_path, "kept-token", mode)
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(StartupError) as stopped:
         _admin_token({"ORDERFLOW_VAR": str(tmp_path)})
-    message = str(stopped.value.code)
+    message = str(stopped.value)
     assert "\n" not in message
     assert str(path) in message and f"chmod 600 {path}" in message
     assert _mode(path) == mode and path.read_text() == "kept-token\n"  # left as found
@@ -114,12 +115,14 @@ def test_the_cli_names_the_token_file_in_one_line(
 
 def test_make_run_refuses_to_start_with_a_readable_token_file(tmp_path: Path) -> None:
     path = _stored(tmp_path, "kept-token", 0o644)
-    env = {k: v for k, v in os.environ.items() if k != "ADMIN_TOKEN"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ADMIN_TOKEN", "ORDERFLOW_LOG_FORMAT")}
     env["ORDERFLOW_VAR"] = str(tmp_path)
     done = subprocess.run([sys.executable, "-m", "app.supervisor"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode != 0
-    assert done.stderr.splitlines() == [
-        f"[orderflow] {path} is readable or writable by group or others (mode 644); fix it with: chmod 600 {path}"
-    ]
+    [line] = done.stderr.splitlines()  # a pipe, not a terminal: one JSON line
+    entry = json.loads(line)
+    assert (entry["process"], entry["level"]) == ("supervisor", "error")
+    assert entry["msg"] == (
+        f"{path} is readable or writable by group or others (mode 644); fix it with: chmod 600 {path}")
     assert sorted(os.listdir(tmp_path)) == ["admin-token"]  # nothing started, nothing written

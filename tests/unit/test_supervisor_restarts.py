@@ -5,6 +5,7 @@ Real child processes (`sleep`), killed for real; only the clock that schedules t
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ class RecordingSupervisor(Supervisor):
         super().__init__(clock=clock)
         self.logged: list[str] = []
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: int = logging.INFO) -> None:
         self.logged.append(message)
 
 

@@ -90,6 +90,7 @@ class WorkerStack:
         env = dict(os.environ)
         env.pop("REDIS_URL", None)
         env.pop("BROKER_URL", None)
+        env.pop("ORDERFLOW_LOG_FORMAT", None)  # the log files get JSON lines, whatever the shell running the tests
         if self.broker_url is not None:
             env["BROKER_URL"] = self.broker_url
         env.update(self.database.env())

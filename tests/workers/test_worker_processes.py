@@ -4,6 +4,7 @@ environment names (BROKER_URL, else the Redis of REDIS_URL): CI runs this file o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -26,6 +27,7 @@ from tests.workers.processes import (
     wait_until,
     worker_stack,
 )
+from workers.celery_app import PROCESS_PAYMENT
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -123,6 +125,9 @@ def test_pool_child_killed_mid_job_loses_no_job_and_captures_once(stack: WorkerS
     stack.wait_for_status([o.id for o in orders], "Confirmed", timeout=30)
     assert "WorkerLostError" in stack.log()
     assert "lease_expired" in stack.log()  # the relay took the killed child's job back
+    # The relay is a thread of the worker's main process, and its lines say so.
+    assert {(e["process"], e["pid"]) for e in _entries(stack) if e.get("event") == "lease_expired"} == {
+        ("relay", worker.pid)}
     for order in orders:
         assert len(stack.captures(order.id)) == 1
 
@@ -192,6 +197,35 @@ def test_forty_concurrent_orders_are_each_confirmed_once(stack: WorkerStack) -> 
         captures = stack.captures(order_id)
         assert len(captures) == 1
         assert stack.order(order_id).payment.payment_id == captures[0]["id"]
+
+
+def test_celery_s_own_lines_are_json_lines_of_the_worker(stack: WorkerStack) -> None:
+    worker = stack.start_worker()
+    stack.set_flag("RealTimePayments", False)
+    order = stack.place()
+    stack.wait_for_status([order.id], "Confirmed", timeout=15)
+    wait_until(lambda: any(e["logger"] == "celery.app.trace" for e in _entries(stack)), timeout=10,
+               what="the task's success line", on_timeout=stack.log_summary)
+    entries = _entries(stack)
+    [ready] = [e for e in entries if e["msg"].endswith(" ready.")]
+    assert (ready["process"], ready["logger"], ready["level"], ready["pid"]) == (
+        "worker", "celery.apps.worker", "info", worker.pid)
+    received = [e for e in entries if e["logger"] == "celery.worker.strategy" and PROCESS_PAYMENT in e["msg"]]
+    assert received and all(e["msg"].endswith("] received") and e["process"] == "worker" for e in received)
+    # The pool processes, forked from the main one, write the same lines.
+    succeeded = [e for e in entries if e["logger"] == "celery.app.trace" and PROCESS_PAYMENT in e["msg"]]
+    assert succeeded and {e["process"] for e in succeeded} == {"worker"}
+    assert {e["pid"] for e in succeeded} <= set(children_of(worker.pid))
+    # Celery's banner is one record, not lines printed around the log.
+    [banner] = [e for e in entries if e.get("event") == "worker_starting"]
+    assert "[queues]" in banner["msg"] and "payments" in banner["msg"]
+    assert "[queues]" not in stack.log().splitlines()
+
+
+def _entries(stack: WorkerStack) -> list[dict[str, object]]:
+    """The worker's JSON lines (a warning printed before its logging was set up, as running as root makes
+    Celery print, is not one)."""
+    return [json.loads(line) for line in stack.log().splitlines() if line.startswith("{")]
 
 
 def _running_jobs(stack: WorkerStack, order_ids: list[str]) -> int:
