@@ -21,6 +21,7 @@ test: python-version $(DEV_STAMP) lint
 lint: python-version $(DEV_STAMP)
 	$(VENV)/bin/ruff check app workers simulators chaosproxy tests bench campaign
 	$(VENV)/bin/mypy app workers campaign
+	$(VENV)/bin/lint-imports
 
 bench: python-version $(DEV_STAMP)
 	$(PY) -m bench

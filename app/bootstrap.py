@@ -36,7 +36,7 @@ class Services:
 def bootstrap(settings: Settings, **overrides: Any) -> Services:
     from app.adapters.db import make_engine
     from app.adapters.sql import SqlUnitOfWorkFactory
-    from app.resilience.config import load_policies
+    from app.resilience import load_policies
 
     policies = overrides.pop("policies", None) or load_policies(settings.resilience_file)
     engine: Engine = overrides.pop("engine", None) or make_engine(

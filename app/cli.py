@@ -115,7 +115,7 @@ def _dead_letters(uow: Any, args: argparse.Namespace, settings: Settings) -> int
     if args.command == "list":
         _print({"items": [d.to_dict() for d in dead_letters.list_dead_letters(uow)]})
         return 0
-    from workers.publisher import CeleryPublisher
+    from app.adapters.publisher import CeleryPublisher
 
     publisher = CeleryPublisher(settings)
     try:

@@ -23,6 +23,16 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.resilience import (
+    AttemptFinished,
+    BreakerTransition,
+    BulkheadRejected,
+    CallFinished,
+    FallbackExecuted,
+    RetryScheduled,
+    TimeoutOccurred,
+)
+
 # The *_created series double the exposition and no panel or alert reads them.
 disable_created_metrics()
 
@@ -130,19 +140,17 @@ class PrometheusHook:
     """Turns the resilience policies' events into the contract's metrics."""
 
     def __call__(self, event: object) -> None:
-        from app.resilience import events as ev
-
-        if isinstance(event, ev.AttemptFinished):
+        if isinstance(event, AttemptFinished):
             HTTP_CLIENT_REQUESTS.labels(event.service, "success" if event.success else "failure").inc()
-        elif isinstance(event, ev.CallFinished):
+        elif isinstance(event, CallFinished):
             REQUEST_DURATION.labels(event.service, event.outcome).observe(event.duration)
-        elif isinstance(event, ev.RetryScheduled):
+        elif isinstance(event, RetryScheduled):
             RETRY_ATTEMPTS.labels(event.service, str(event.attempt)).inc()
-        elif isinstance(event, ev.BreakerTransition):
+        elif isinstance(event, BreakerTransition):
             CIRCUIT_STATE_CHANGES.labels(event.service, event.from_state, event.to_state).inc()
-        elif isinstance(event, ev.TimeoutOccurred):
+        elif isinstance(event, TimeoutOccurred):
             TIMEOUTS.labels(event.service, event.kind).inc()
-        elif isinstance(event, ev.BulkheadRejected):
+        elif isinstance(event, BulkheadRejected):
             BULKHEAD_REJECTIONS.labels(event.service).inc()
-        elif isinstance(event, ev.FallbackExecuted):
+        elif isinstance(event, FallbackExecuted):
             FALLBACK_EXECUTIONS.labels(event.service).inc()

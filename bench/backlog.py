@@ -74,9 +74,9 @@ def _engine(db: Database):  # type: ignore[no-untyped-def]
 
 def write_backlog(db: Database, settings: Settings, count: int) -> list[str]:
     """The API's flag-off writes for `count` orders, and its hint for each."""
+    from app.adapters.publisher import CeleryPublisher
     from app.adapters.sql import SqlUnitOfWorkFactory
     from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
-    from workers.publisher import CeleryPublisher
 
     engine = _engine(db)
     uow = SqlUnitOfWorkFactory(engine)

@@ -27,7 +27,7 @@ class OutboxRelayStep(bootsteps.StartStopStep):
         self.thread: Any = None
 
     def start(self, parent: Any) -> None:
-        from workers.celery_app import PROCESS_PAYMENT, QUEUES, SEND_NOTIFICATION
+        from app.adapters.broker import PROCESS_PAYMENT, QUEUES, SEND_NOTIFICATION
         from workers.context import worker_context
         from workers.relay import OutboxRelay, RelayThread, no_fork
 

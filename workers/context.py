@@ -12,12 +12,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from app.adapters.publisher import CeleryPublisher
 from app.bootstrap import Services, bootstrap
 from app.config import Settings
 from app.metrics import count_payment_job
 from app.services.notifications import BackgroundConfirmations, NotificationRunner
 from app.services.payment_jobs import DEFAULT_LEASE_MARGIN, PaymentJobRunner
-from workers.publisher import CeleryPublisher
 from workers.relay import DEFAULT_REPUBLISH_AFTER
 
 LEASE_MARGIN_ENV = "ORDERFLOW_LEASE_MARGIN"

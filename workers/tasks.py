@@ -9,9 +9,9 @@ from celery import shared_task
 from celery.signals import worker_process_shutdown
 from prometheus_client import Counter
 
+from app.adapters.broker import DEAD_LETTER, PROCESS_PAYMENT, SEND_NOTIFICATION
 from app.services.notifications import send_notification_job
 from app.services.payment_jobs import process_payment_job
-from workers.celery_app import DEAD_LETTER, PROCESS_PAYMENT, SEND_NOTIFICATION
 from workers.context import current_context, worker_context
 
 log = logging.getLogger("orderflow.dead_letters")

@@ -24,8 +24,10 @@ from app.config import Settings
 from app.domain import AttemptRecord, InventorySource, payment_key
 from app.metrics import PrometheusHook
 from app.resilience import (
+    AttemptFinished,
     BrokenCircuitError,
     BulkheadRejectedError,
+    CallFinished,
     CircuitBreaker,
     LoggingHook,
     Outcome,
@@ -68,8 +70,6 @@ class DecisionLog:
     more than the call's own policies."""
 
     def __init__(self) -> None:
-        from app.resilience.events import AttemptFinished, CallFinished
-
         self._routine = (AttemptFinished, CallFinished)
         self._log = LoggingHook()
 
@@ -345,6 +345,18 @@ class Circuits:
             out[-1]["name"] = name
         return out
 
+    def isolate(self, name: str) -> dict[str, Any]:
+        """Open the circuit by hand, for the whole fleet; the circuit as it is then."""
+        breaker = self.breakers[name]
+        breaker.isolate()
+        return snapshot_dict(breaker)
+
+    def reset(self, name: str) -> dict[str, Any]:
+        """Close the circuit by hand with an empty window, for the whole fleet; the circuit as it is then."""
+        breaker = self.breakers[name]
+        breaker.reset()
+        return snapshot_dict(breaker)
+
     def states(self) -> dict[str, str]:
         return {name: breaker.state for name, breaker in self.breakers.items()}
 
@@ -433,15 +445,6 @@ def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_cli
 
 
 def _publisher(settings: Settings) -> Any:
-    try:
-        from workers.publisher import CeleryPublisher
-    except ImportError:
-        return _LogOnlyPublisher()
+    from app.adapters.publisher import CeleryPublisher
+
     return CeleryPublisher(settings)
-
-
-class _LogOnlyPublisher:
-    """Used only where the workers package is absent; the outbox relay still finds every due job."""
-
-    def payment_due(self, order_id: str) -> None:
-        log.debug("payment due (relay will publish)", extra={"order_id": order_id})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +99,18 @@ def list_circuits() -> Response:
 
 @bp.post("/circuits/<name>/isolate")
 def isolate_circuit(name: str) -> Response:
-    return _operate_circuit(name, "isolated", lambda breaker: breaker.isolate())
+    return _operate_circuit(name, "isolated")
 
 
 @bp.post("/circuits/<name>/reset")
 def reset_circuit(name: str) -> Response:
-    return _operate_circuit(name, "reset", lambda breaker: breaker.reset())
+    return _operate_circuit(name, "reset")
 
 
-def _operate_circuit(name: str, done: str, operate: Callable[[Any], None]) -> Response:
+def _operate_circuit(name: str, done: str) -> Response:
     """Isolate or reset one circuit (every process sees it through the shared state), log it, show it."""
-    from app.adapters.dependencies import snapshot_dict
-
-    breaker = _circuit(name)
-    operate(breaker)
+    _circuit(name)
+    circuits = _services().extra["circuits"]
+    shown = circuits.isolate(name) if done == "isolated" else circuits.reset(name)
     log.warning("circuit %s", done, extra={"event": f"circuit_{done}", "service": name})
-    return _json(200, snapshot_dict(breaker))
+    return _json(200, shown)

@@ -30,6 +30,17 @@ from .circuit_breaker import (
     Transition,
 )
 from .config import JobsPaymentConfig, PolicyFileError, ResilienceConfig, load_policies, parse_policies
+from .events import (
+    AttemptFinished,
+    BreakerTransition,
+    BudgetExhausted,
+    BulkheadRejected,
+    CallFinished,
+    FallbackExecuted,
+    HedgeStarted,
+    RetryScheduled,
+    TimeoutOccurred,
+)
 from .fallback import Fallback
 from .hedging import HedgingPolicy
 from .pipeline import Attempt, ResiliencePipeline, build_pipeline
@@ -65,6 +76,16 @@ __all__ = [
     "is_retryable_status",
     "load_policies",
     "parse_policies",
+    # what the hooks receive
+    "AttemptFinished",
+    "BreakerTransition",
+    "BudgetExhausted",
+    "BulkheadRejected",
+    "CallFinished",
+    "FallbackExecuted",
+    "HedgeStarted",
+    "RetryScheduled",
+    "TimeoutOccurred",
     # for stores that keep circuit state elsewhere (`BreakerStore`): what they answer and remember
     "ADMIT",
     "BUCKETS",

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from app.adapters.publisher import CeleryPublisher
 from app.config import Settings
 from tests.broker import drop_queues, rabbitmq_url
-from workers.publisher import CeleryPublisher
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])

@@ -16,8 +16,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from app.adapters.broker import (
+    DEAD_LETTER,
+    PROCESS_PAYMENT,
+    PUBLISH_RETRY_POLICY,
+    PUBLISH_SOCKET_TIMEOUT,
+    QUEUES,
+    SEND_NOTIFICATION,
+    publisher_celery,
+)
 from app.config import Settings
-from workers.celery_app import DEAD_LETTER, PROCESS_PAYMENT, QUEUES, SEND_NOTIFICATION
 
 log = logging.getLogger("orderflow.publisher")
 
@@ -103,14 +111,10 @@ class CeleryPublisher:
         if self._app is None:
             with self._lock:
                 if self._app is None:
-                    from workers.celery_app import make_celery
-
-                    self._app = make_celery(self._settings, role="publisher")
+                    self._app = publisher_celery(self._settings)
         return self._app
 
     def _send(self, task: str, args: list[Any]) -> None:
-        from workers.celery_app import PUBLISH_RETRY_POLICY, PUBLISH_SOCKET_TIMEOUT
-
         # `confirm_timeout` bounds the wait for RabbitMQ's publisher confirm (Redis has none).
         self._celery().send_task(task, args=args, queue=QUEUES[task], retry=True, retry_policy=PUBLISH_RETRY_POLICY,
                                  confirm_timeout=PUBLISH_SOCKET_TIMEOUT)
