@@ -11,26 +11,45 @@ import redis
 from sqlalchemy import Engine, text
 
 from app.config import Settings, celery_broker_url, redis_py_url
+from app.resilience import ResilienceConfig
 from app.services.flags import FlagService
 from app.services.idempotency import IdempotencyStore
 from app.services.ordering import OrderPlacement
+from app.services.ports import (
+    InventoryChecker,
+    JobPaymentGateway,
+    JobPublisher,
+    NotificationSender,
+    PaymentGateway,
+)
 from app.services.readiness import Readiness
 from app.services.unit_of_work import UnitOfWorkFactory, deliver_to
 
 
 @dataclass
 class Services:
+    """Everything a process of OrderFlow works with, built once by `bootstrap`."""
+
     settings: Settings
+    policies: ResilienceConfig
     engine: Engine
     uow: UnitOfWorkFactory
     redis: redis.Redis
     flags: FlagService
     placement: OrderPlacement
     idempotency: IdempotencyStore
-    inventory: Any
-    payments: Any
+    inventory: InventoryChecker
+    payments: PaymentGateway
     readiness: Readiness
-    extra: dict[str, Any]
+    # Tells the workers of due jobs and dead letters (after a commit); the relay's sends too, in a worker.
+    publisher: JobPublisher
+    # What the metrics endpoints add to every scrape: the fleet's gauges (dead letters, backlog, circuits).
+    fleet_collector: Any
+    # The workers' side of the payment service, the notification client and the circuits the admin API
+    # operates: None where a test hands in fakes of the dependencies instead.
+    job_payments: JobPaymentGateway | None = None
+    notifier: NotificationSender | None = None
+    circuits: Any = None
 
 
 def bootstrap(settings: Settings, **overrides: Any) -> Services:
@@ -70,9 +89,10 @@ def bootstrap(settings: Settings, **overrides: Any) -> Services:
     if overrides:
         raise TypeError(f"unknown overrides: {', '.join(sorted(overrides))}")
     return Services(
-        settings=settings, engine=engine, uow=uow, redis=redis_client, flags=flags, placement=placement,
-        idempotency=idempotency, inventory=inventory, payments=payments, readiness=readiness,
-        extra={"policies": policies, "fleet_collector": fleet, **dependencies},
+        settings=settings, policies=policies, engine=engine, uow=uow, redis=redis_client, flags=flags,
+        placement=placement, idempotency=idempotency, inventory=inventory, payments=payments, readiness=readiness,
+        publisher=publisher, fleet_collector=fleet, job_payments=dependencies.get("job_payments"),
+        notifier=dependencies.get("notifier"), circuits=dependencies.get("circuits"),
     )
 
 

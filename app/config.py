@@ -5,10 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
+
+from app.services.outbox_relay import DEFAULT_REPUBLISH_AFTER
+from app.services.payment_jobs import DEFAULT_LEASE_MARGIN
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run from a checkout, OrderFlow uses the checkout's files: the resilience.toml operators edit, var/ beside the
@@ -25,8 +28,6 @@ def var_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("ORDERFLOW_VAR") or (CHECKOUT or Path.cwd()) / "var")
 
-
-VAR = var_dir()
 
 
 DEFAULT_PREFIX = "orderflow"
@@ -95,7 +96,7 @@ def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
     return value
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -103,8 +104,8 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise SettingsError(f"{name}: not a number of seconds > 0: {raw!r}")
+    if not (value >= 0 if zero else value > 0):
+        raise SettingsError(f"{name}: not a number of seconds {'>=' if zero else '>'} 0: {raw!r}")
     return value
 
 
@@ -116,12 +117,6 @@ def address(host: str, port: int) -> str:
 def connect_host(host: str) -> str:
     """Where a process on this machine reaches a server bound to `host`: a wildcard is reached on loopback."""
     return {"0.0.0.0": LOOPBACK, "::": "::1"}.get(host, host)
-
-
-def api_bind(env: Mapping[str, str] | None = None) -> str:
-    """gunicorn's `bind` for the order API: API_HOST:API_PORT."""
-    env = os.environ if env is None else env
-    return address(_host(env, "API_HOST", LOOPBACK), _port(env, "API_PORT", Settings.api_port))
 
 
 def admin_token_file(env: Mapping[str, str] | None = None) -> Path:
@@ -168,11 +163,16 @@ def is_amqp_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in AMQP_SCHEMES
 
 
+def _in_var(template: str, name: str) -> Callable[[], str]:
+    """A default inside var/, found when a Settings is made (never when this module is imported)."""
+    return lambda: template.format(var_dir() / name)
+
+
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = f"sqlite:///{VAR / 'orderflow.db'}"
+    database_url: str = field(default_factory=_in_var("sqlite:///{}", "orderflow.db"))
     database_schema: str | None = None
-    redis_url: str = f"unix://{VAR / 'redis.sock'}"
+    redis_url: str = field(default_factory=_in_var("unix://{}", "redis.sock"))
     # BROKER_URL as given; None: the Redis of `redis_url` (see `broker_url`).
     broker: str | None = None
     # Names the deployment: its Redis keys start with it, and on RabbitMQ so do its queues (unless default).
@@ -185,6 +185,9 @@ class Settings:
     # 127.0.0.1 on a developer's machine; 0.0.0.0 (or the host's address) behind a load balancer or in a container.
     api_host: str = LOOPBACK
     api_port: int = 8000
+    # gunicorn processes of the API and threads in each: threads for I/O-bound requests, processes for the GIL.
+    api_processes: int = 2
+    api_threads: int = 8
     chaos_port: int = 8474
     worker_metrics_host: str = LOOPBACK
     worker_metrics_port: int = 9808
@@ -196,6 +199,10 @@ class Settings:
     relay_interval: float = 0.5
     # Whether this worker runs the outbox relay: a fleet needs it on some workers, not on all.
     relay: bool = True
+    # A job published this long ago and still pending lost its message: the relay publishes it again.
+    republish_after: float = DEFAULT_REPUBLISH_AFTER
+    # How long past `jobs.payment.attempt_timeout` a claimed payment job stays leased to its worker.
+    lease_margin: float = DEFAULT_LEASE_MARGIN
     # Whether `make run` applies the migrations before it starts the stack (off: something else does, once).
     migrate: bool = True
     extra: dict[str, str] = field(default_factory=dict)
@@ -218,6 +225,8 @@ class Settings:
             notification_url=(env.get("NOTIFICATION_URL") or defaults.notification_url).rstrip("/"),
             api_host=_host(env, "API_HOST", defaults.api_host),
             api_port=_port(env, "API_PORT", defaults.api_port),
+            api_processes=_count(env, "API_PROCESSES", defaults.api_processes, minimum=1),
+            api_threads=_count(env, "API_THREADS", defaults.api_threads, minimum=1),
             chaos_port=_port(env, "CHAOS_PORT", defaults.chaos_port),
             worker_metrics_host=_host(env, "WORKER_METRICS_HOST", defaults.worker_metrics_host),
             worker_metrics_port=_port(env, "WORKER_METRICS_PORT", defaults.worker_metrics_port),
@@ -225,6 +234,8 @@ class Settings:
             database_max_overflow=_count(env, "DATABASE_MAX_OVERFLOW", defaults.database_max_overflow, minimum=0),
             relay_interval=_seconds(env, "ORDERFLOW_RELAY_INTERVAL", defaults.relay_interval),
             relay=_switch(env, "ORDERFLOW_RELAY", defaults.relay),
+            republish_after=_seconds(env, "ORDERFLOW_REPUBLISH_AFTER", defaults.republish_after, zero=True),
+            lease_margin=_seconds(env, "ORDERFLOW_LEASE_MARGIN", defaults.lease_margin, zero=True),
             migrate=_switch(env, "ORDERFLOW_MIGRATE", defaults.migrate),
         )
 

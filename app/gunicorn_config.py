@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 
-from app.config import api_bind
+from app.config import Settings, address
 from app.logs import library_level, log_level
 
+_settings = Settings.from_env()
 # API_HOST:API_PORT, 127.0.0.1:8000 unless told otherwise; a host behind a load balancer listens on more.
-bind = api_bind()
+bind = address(_settings.api_host, _settings.api_port)
 worker_class = "gthread"
-workers = int(os.environ.get("API_PROCESSES", "2"))
-threads = int(os.environ.get("API_THREADS", "8"))
+workers = _settings.api_processes
+threads = _settings.api_threads
 # No request outlives the request deadline (10 s) by much; a worker stuck past 30 s is restarted.
 timeout = 30
 # Short, so a stop of the whole stack finishes inside its 10 s budget.

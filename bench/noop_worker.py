@@ -9,8 +9,8 @@ from __future__ import annotations
 import redis
 from celery import Celery
 
+from app.adapters.broker import celery_config
 from app.config import Settings
-from workers.celery_app import celery_config
 
 NOOP_TASK = "bench.drain_noop"
 NOOP_QUEUE = "bench_drain"

@@ -13,8 +13,8 @@ import os
 import pytest
 from kombu import Connection
 
+from app.adapters.broker import queue_prefix, task_queues
 from app.config import Settings, is_amqp_url
-from workers.celery_app import queue_prefix, task_queues
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 

@@ -96,7 +96,7 @@ def metrics_server(services: Any, *, port: int, host: str = LOOPBACK) -> Threadi
     from app.metrics import render
     from workers.relay import no_fork
 
-    fleet = services.extra.get("fleet_collector")
+    fleet = services.fleet_collector
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)

@@ -10,18 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from app.adapters.publisher import CeleryPublisher
 from app.bootstrap import Services, bootstrap
 from app.config import Settings
 from app.metrics import count_payment_job
 from app.services.notifications import BackgroundConfirmations, NotificationRunner
-from app.services.payment_jobs import DEFAULT_LEASE_MARGIN, PaymentJobRunner
-from workers.relay import DEFAULT_REPUBLISH_AFTER
-
-LEASE_MARGIN_ENV = "ORDERFLOW_LEASE_MARGIN"
-REPUBLISH_AFTER_ENV = "ORDERFLOW_REPUBLISH_AFTER"
+from app.services.payment_jobs import PaymentJobRunner
 
 
 @dataclass
@@ -38,28 +33,17 @@ _contexts: dict[int, WorkerContext] = {}
 _lock = threading.Lock()
 
 
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}: not a number of seconds: {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name}: must be >= 0, got {raw!r}")
-    return value
-
-
 def build_context(services: Services) -> WorkerContext:
-    policies: Any = services.extra["policies"]
-    publisher = services.extra.get("publisher")
+    policies = services.policies
+    if services.notifier is None or services.job_payments is None:
+        raise ValueError("a worker needs the real payment and notification clients")
+    publisher = services.publisher
     if not isinstance(publisher, CeleryPublisher):
         publisher = CeleryPublisher(services.settings)
-    lease_margin = _seconds(LEASE_MARGIN_ENV, DEFAULT_LEASE_MARGIN)
+    lease_margin = services.settings.lease_margin
     notification_policy = policies.dependencies["notification"]
     notifications = NotificationRunner(
-        uow=services.uow, sender=services.extra["notifier"], flags=services.flags,
+        uow=services.uow, sender=services.notifier, flags=services.flags,
         send_timeout=notification_policy.total_timeout, lease_margin=lease_margin,
     )
     confirmations = BackgroundConfirmations(notifications)
@@ -67,12 +51,12 @@ def build_context(services: Services) -> WorkerContext:
         services=services,
         publisher=publisher,
         payments=PaymentJobRunner(
-            uow=services.uow, gateway=services.extra["job_payments"], config=policies.jobs_payment,
+            uow=services.uow, gateway=services.job_payments, config=policies.jobs_payment,
             confirmations=confirmations, lease_margin=lease_margin, on_outcome=count_payment_job,
         ),
         notifications=notifications,
         confirmations=confirmations,
-        republish_after=_seconds(REPUBLISH_AFTER_ENV, DEFAULT_REPUBLISH_AFTER),
+        republish_after=services.settings.republish_after,
     )
 
 

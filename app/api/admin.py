@@ -84,7 +84,7 @@ def set_flag(name: str) -> Response:
 
 
 def _circuit(name: str) -> Any:
-    circuits = _services().extra.get("circuits")
+    circuits = _services().circuits
     breaker = circuits.breakers.get(name) if circuits is not None else None
     if breaker is None:
         raise Problem(404, "Unknown circuit", f"There is no circuit {name!r}.", slug="not-found")
@@ -93,7 +93,7 @@ def _circuit(name: str) -> Any:
 
 @bp.get("/circuits")
 def list_circuits() -> Response:
-    circuits = _services().extra.get("circuits")
+    circuits = _services().circuits
     return _json(200, {"circuits": circuits.snapshots() if circuits is not None else []})
 
 
@@ -110,7 +110,7 @@ def reset_circuit(name: str) -> Response:
 def _operate_circuit(name: str, done: str) -> Response:
     """Isolate or reset one circuit (every process sees it through the shared state), log it, show it."""
     _circuit(name)
-    circuits = _services().extra["circuits"]
+    circuits = _services().circuits
     shown = circuits.isolate(name) if done == "isolated" else circuits.reset(name)
     log.warning("circuit %s", done, extra={"event": f"circuit_{done}", "service": name})
     return _json(200, shown)

@@ -14,5 +14,5 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def scrape() -> Response:
     services: Any = current_app.extensions["orderflow"]
-    body, content_type = metrics.render(services.extra.get("fleet_collector"))
+    body, content_type = metrics.render(services.fleet_collector)
     return Response(body, content_type=content_type)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from app.config import Settings, SettingsError
-from workers.celery_app import (
+from app.adapters.broker import (
     DEAD_LETTER,
     PROCESS_PAYMENT,
     PUBLISH_RETRY_POLICY,
     PUBLISH_SOCKET_TIMEOUT,
     SEND_NOTIFICATION,
-    Consumer,
     celery_config,
 )
+from app.config import Settings, SettingsError
+from workers.celery_app import Consumer
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS_ONLY_OPTIONS = {"global_keyprefix", "visibility_timeout", "socket_timeout", "socket_connect_timeout"}

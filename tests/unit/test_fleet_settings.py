@@ -13,7 +13,7 @@ from sqlalchemy.pool import QueuePool
 from app.adapters.db import make_engine
 from app.adapters.migrate import database_problem
 from app.bootstrap import bootstrap
-from app.config import ROOT, Settings, SettingsError, api_bind
+from app.config import ROOT, Settings, SettingsError, address
 from app.supervisor import StartupError, Supervisor, preflight, stack_processes
 from workers.bootsteps import metrics_server
 
@@ -26,7 +26,7 @@ def test_the_defaults_are_one_machines() -> None:
     assert (settings.database_pool_size, settings.database_max_overflow) == (10, 10)
     assert settings.relay is True
     assert settings.migrate is True
-    assert api_bind({}) == "127.0.0.1:8000"
+    assert address(Settings.from_env({}).api_host, Settings.from_env({}).api_port) == "127.0.0.1:8000"
 
 
 @pytest.mark.parametrize(("host", "bind"), [
@@ -37,7 +37,8 @@ def test_the_defaults_are_one_machines() -> None:
     ("api-1.internal", "api-1.internal:8100"),
 ])
 def test_api_host_and_port_make_gunicorns_bind(monkeypatch: pytest.MonkeyPatch, host: str, bind: str) -> None:
-    assert api_bind({"API_HOST": host, "API_PORT": "8100"}) == bind
+    settings = Settings.from_env({"API_HOST": host, "API_PORT": "8100"})
+    assert address(settings.api_host, settings.api_port) == bind
     assert Settings.from_env({"API_HOST": host}).api_host == host
     monkeypatch.setenv("API_HOST", host)
     monkeypatch.setenv("API_PORT", "8100")

@@ -187,7 +187,7 @@ class WorkerStack:
         self.kill_workers()
         if self._services is not None:
             self._services.engine.dispose()
-            self._services.extra["publisher"].close()
+            self._services.publisher.close()
         drop_queues(Settings.from_env(self.env))
 
 

@@ -143,7 +143,7 @@ def test_admin_lists_dead_letters_newest_first_and_replays_one(api: tuple[FlaskC
     replayed = client.post(f"/admin/dead-letters/{first_id}/replay", headers=AUTH)
     assert replayed.status_code == 202
     assert replayed.get_json()["id"] == first_id and replayed.get_json()["replayed_at"] is not None
-    assert services.extra["publisher"].due == [first_order]
+    assert services.publisher.due == [first_order]
     assert client.get(f"/api/orders/{first_order}").get_json()["status"] == "PaymentPending"
 
     again = client.post(f"/admin/dead-letters/{first_id}/replay", headers=AUTH)

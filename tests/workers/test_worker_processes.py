@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app.adapters.broker import PROCESS_PAYMENT
 from app.config import is_amqp_url
 from app.services import dead_letters
 from tests.broker import environment_broker, rabbitmq_url
@@ -27,7 +28,6 @@ from tests.workers.processes import (
     wait_until,
     worker_stack,
 )
-from workers.celery_app import PROCESS_PAYMENT
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -236,7 +236,7 @@ def _running_jobs(stack: WorkerStack, order_ids: list[str]) -> int:
 def test_a_worker_makes_no_call_while_the_circuit_is_isolated_and_confirms_after_reset(stack: WorkerStack) -> None:
     """The job's only look at the circuit is its call's own admission: refused, the job is deferred, uses no
     retry and reaches nothing; after a reset it runs."""
-    breaker = stack.services.extra["circuits"].breakers["payment"]
+    breaker = stack.services.circuits.breakers["payment"]
     stack.start_worker()
     stack.set_flag("RealTimePayments", False)
     breaker.isolate()
