@@ -13,7 +13,7 @@ DEV_STAMP := $(VENV)/.installed-stamp
 
 # Not echoed: the output of `make run` is the stack's log stream alone (JSON lines when it is not a terminal).
 run: python-version $(RUN_STAMP)
-	@exec $(PY) -m app.supervisor
+	@exec $(PY) -m app.stack
 
 test: python-version $(DEV_STAMP) lint
 	$(PY) -m pytest

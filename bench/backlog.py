@@ -210,7 +210,7 @@ def drain_ours(
 
 
 def _stack_worker_option(prefix: str) -> str:
-    from app.supervisor import stack_processes
+    from app.stack.supervisor import stack_processes
 
     worker = next(spec for spec in stack_processes(Settings.from_env({})) if spec.name == "worker")
     return next(arg for arg in worker.argv if arg.startswith(prefix))

@@ -245,7 +245,7 @@ def running_stack(
     log = var / "stack.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.supervisor"],
+            [sys.executable, "-m", "app.stack"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -1,6 +1,6 @@
 """docker-compose.yml runs the stack `make run` runs: the same processes, ports, proxies and commands.
 
-`make run` is the reference: `app.supervisor.stack_processes(Settings())` says what it starts. Each of its
+`make run` is the reference: `app.stack.supervisor.stack_processes(Settings())` says what it starts. Each of its
 processes is looked up in docker-compose.yml and compared on what matters. The differences a container
 needs are the only ones allowed, and each is checked, not skipped: it listens on 0.0.0.0 where `make run`
 listens on 127.0.0.1, and it addresses other services by compose service name where `make run` uses
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from app.config import Settings
-from app.supervisor import DEPENDENCIES, POPULATE_TEMPLATE, PROXY_PORTS, ProcessSpec, stack_processes
+from app.stack.supervisor import DEPENDENCIES, POPULATE_TEMPLATE, PROXY_PORTS, ProcessSpec, stack_processes
 from tests.deploy.promql import REPO
 from tests.deploy.tools import require_module
 

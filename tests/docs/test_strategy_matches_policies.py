@@ -33,7 +33,7 @@ from app.services import notifications
 from app.services.flags import CACHE_SECONDS
 from app.services.notifications import NotificationRunner
 from app.services.payment_jobs import DEFAULT_LEASE_MARGIN
-from app.supervisor import stack_processes
+from app.stack.supervisor import stack_processes
 from workers.relay import DEFAULT_REPUBLISH_AFTER
 
 REPO = Path(__file__).resolve().parents[2]

@@ -40,7 +40,7 @@ def refused_start(tmp: Path, *, terminal: bool, log_format: str | None,
     env["RESILIENCE_FILE"] = str(policy_file)
     if log_format is not None:
         env["ORDERFLOW_LOG_FORMAT"] = log_format
-    command = [sys.executable, "-m", "app.supervisor"]
+    command = [sys.executable, "-m", "app.stack"]
     if not terminal:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=30)
         return done.returncode, (done.stdout + done.stderr).decode().splitlines()

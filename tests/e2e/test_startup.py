@@ -1,6 +1,6 @@
 """`make run`'s supervisor at start: it refuses at once what cannot work, and says "ready" only when it is.
 
-The real supervisor (`python -m app.supervisor`, what `make run` execs), with the environment the stack
+The real supervisor (`python -m app.stack`, what `make run` execs), with the environment the stack
 fixture gives it: ports of the test's own, a database of the test's own.
 """
 
@@ -68,7 +68,7 @@ class Refusal:
 def run_until_exit(env: dict[str, str], *, timeout: float = 30.0) -> Refusal:
     """Run the supervisor to its end, noting every process it started on the way."""
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "app.supervisor"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "app.stack"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     family: set[int] = set()
     try:
@@ -162,7 +162,7 @@ def test_the_banner_comes_once_every_process_answers(tmp_path: Path) -> None:
     log = tmp_path / "supervisor.log"
     with fresh_database() as db, open(log, "wb") as out:
         env = supervisor_env(tmp_path, ports, db.env())
-        process = subprocess.Popen([sys.executable, "-m", "app.supervisor"], cwd=ROOT, env=env, stdout=out,
+        process = subprocess.Popen([sys.executable, "-m", "app.stack"], cwd=ROOT, env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
         family: set[int] = set()
         try:

@@ -14,7 +14,7 @@ import pytest
 
 from app import cli
 from app.config import ROOT, Settings, SettingsError, read_admin_token
-from app.supervisor import StartupError, _admin_token
+from app.stack.supervisor import StartupError, _admin_token
 
 TOO_OPEN = [0o644, 0o640, 0o604, 0o620, 0o602, 0o666]
 
@@ -117,7 +117,7 @@ def test_make_run_refuses_to_start_with_a_readable_token_file(tmp_path: Path) ->
     path = _stored(tmp_path, "kept-token", 0o644)
     env = {k: v for k, v in os.environ.items() if k not in ("ADMIN_TOKEN", "ORDERFLOW_LOG_FORMAT")}
     env["ORDERFLOW_VAR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "app.supervisor"], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "app.stack"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode != 0
     [line] = done.stderr.splitlines()  # a pipe, not a terminal: one JSON line

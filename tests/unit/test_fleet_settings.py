@@ -14,7 +14,7 @@ from app.adapters.db import make_engine
 from app.adapters.migrate import database_problem
 from app.bootstrap import bootstrap
 from app.config import ROOT, Settings, SettingsError, address
-from app.supervisor import StartupError, Supervisor, preflight, stack_processes
+from app.stack.supervisor import StartupError, Supervisor, preflight, stack_processes
 from workers.bootsteps import metrics_server
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # never connected to: engines connect lazily
@@ -117,7 +117,7 @@ def test_make_run_probes_the_api_and_the_worker_where_they_listen() -> None:
 
 
 class _NoServices:
-    extra: dict[str, object] = {}
+    fleet_collector = None
 
 
 def test_the_worker_metrics_server_listens_on_the_host_it_is_given() -> None:

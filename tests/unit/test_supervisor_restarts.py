@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from app import supervisor as sup
-from app.supervisor import Child, ProcessSpec, Supervisor
+from app.stack import supervisor as sup
+from app.stack.supervisor import Child, ProcessSpec, Supervisor
 
 
 class Clock:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from app.config import Settings
-from app.port_check import bind_error, describe_holders, port_holders
-from app.supervisor import (
+from app.stack.port_check import bind_error, describe_holders, port_holders
+from app.stack.supervisor import (
     Child,
     ProcessSpec,
     StartupError,

@@ -53,7 +53,7 @@ from app.config import (
     var_dir,
 )
 from app.logs import FORMAT_VARIABLE, configure_logging, forward_line, log_format, log_level, log_line
-from app.port_check import bind_error, describe_holders, in_use
+from app.stack.port_check import bind_error, describe_holders, in_use
 
 STOP_BUDGET = 9.0  # seconds until SIGKILL; the contract allows 10
 RESTART_LIMIT = 5  # exits of one process within RESTART_WINDOW that it is restarted after; one more stops all
