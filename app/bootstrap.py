@@ -11,7 +11,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from app.config import Settings, celery_broker_url, redis_py_url
-from app.resilience import ResilienceConfig
+from app.policies import Policies
 from app.services.flags import FlagService
 from app.services.idempotency import IdempotencyStore
 from app.services.ordering import OrderPlacement
@@ -31,7 +31,7 @@ class Services:
     """Everything a process of OrderFlow works with, built once by `bootstrap`."""
 
     settings: Settings
-    policies: ResilienceConfig
+    policies: Policies
     engine: Engine
     uow: UnitOfWorkFactory
     redis: redis.Redis
@@ -55,7 +55,7 @@ class Services:
 def bootstrap(settings: Settings, **overrides: Any) -> Services:
     from app.adapters.db import make_engine
     from app.adapters.sql import SqlUnitOfWorkFactory
-    from app.resilience import load_policies
+    from app.policies import load_policies
 
     policies = overrides.pop("policies", None) or load_policies(settings.resilience_file)
     engine: Engine = overrides.pop("engine", None) or make_engine(

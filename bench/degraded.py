@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from app.resilience import load_policies
+from app.policies import load_policies
 
 from .environment import PLOTS, ROOT
 from .load import LoadResult, run_wrk

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from app.resilience.config import load_policies
+from app.policies import load_policies
 from bench.environment import ROOT, Database, RedisTarget, commit
 from bench.stack import BenchStack, running_stack
 

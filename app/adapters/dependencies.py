@@ -23,6 +23,7 @@ from app.adapters.redis_breaker_store import RedisBreakerStore
 from app.config import Settings
 from app.domain import AttemptRecord, InventorySource, payment_key
 from app.metrics import PrometheusHook
+from app.policies import Policies
 from app.resilience import (
     AttemptFinished,
     BrokenCircuitError,
@@ -31,7 +32,6 @@ from app.resilience import (
     CircuitBreaker,
     LoggingHook,
     Outcome,
-    ResilienceConfig,
     ResiliencePipeline,
     ResilienceTimeoutError,
     build_pipeline,
@@ -392,13 +392,13 @@ def _service_check(transport: HttpTransport, name: str, base_url: str) -> Callab
     return check
 
 
-def payment_probe_timeout(policies: ResilienceConfig) -> float:
+def payment_probe_timeout(policies: Policies) -> float:
     """The workers' attempts run on the payment circuit too and may take longer than the API's: a worker's
     half-open probe must hold the circuit for all of its attempt, or a second probe would start beside it."""
     return max(policies.dependencies["payment"].attempt_timeout, policies.jobs_payment.attempt_timeout)
 
 
-def build_dependencies(settings: Settings, policies: ResilienceConfig, redis_client: redis.Redis) -> dict[str, Any]:
+def build_dependencies(settings: Settings, policies: Policies, redis_client: redis.Redis) -> dict[str, Any]:
     # Circuit state and the cache get their own client with short timeouts: a hung Redis must cost
     # milliseconds per call, not redis-py's default seconds.
     state_client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.05, socket_connect_timeout=0.05)

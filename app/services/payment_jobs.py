@@ -19,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from app.domain import FailureReason, OrderStatus, check_transition, money
-from app.resilience import JobsPaymentConfig, full_jitter_delay
+from app.policies import JobsPaymentConfig
+from app.resilience import full_jitter_delay
 from app.services.ports import CaptureResult, JobPaymentGateway
 from app.services.unit_of_work import ClaimedJob, DeadLettered, Settlement, UnitOfWorkFactory
 

@@ -210,7 +210,7 @@ def probe(port: int, path: str, *, timeout: float = PROBE_TIMEOUT, host: str = L
 def preflight(env: Mapping[str, str]) -> tuple[Settings, tuple[int, ...], tuple[int, ...]]:
     """What would otherwise fail only once processes run, checked before any starts: the settings, the
     policy file, and every port of the stack."""
-    from app.resilience.config import PolicyFileError, load_policies
+    from app.policies import PolicyFileError, load_policies
 
     try:
         settings = Settings.from_env(env)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from app.adapters.db import make_engine
 from app.adapters.sql import SqlUnitOfWorkFactory
 from app.domain import PENDING_MESSAGE, InventorySource, Order, OrderLine, OrderStatus, Payment
-from app.resilience.config import JobsPaymentConfig
+from app.policies import JobsPaymentConfig
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
 from app.services.ports import CaptureResult
 from tests.support import fresh_database

@@ -24,10 +24,11 @@ from app.adapters.db import DB_WAIT_SECONDS
 from app.adapters.dependencies import PaymentClient, payment_probe_timeout
 from app.adapters.redis_breaker_store import RedisBreakerStore
 from app.config import Settings
+from app.policies import Policies, load_policies, parse_policies
+from app.resilience import DependencyConfig
 from app.resilience.backoff import constant_delay, exponential_delay
 from app.resilience.budget import DEFAULT_WINDOW
 from app.resilience.circuit_breaker import BUCKETS
-from app.resilience.config import DependencyConfig, ResilienceConfig, load_policies, parse_policies
 from app.resilience.pipeline import build_pipeline
 from app.services import notifications
 from app.services.flags import CACHE_SECONDS
@@ -87,7 +88,7 @@ def _literal(text: str, *, where: str) -> Any:
 _POLICIES = ("circuit_breaker", "bulkhead", "retry_budget", "hedging")
 
 
-def setting_rows(policies: ResilienceConfig) -> Table:
+def setting_rows(policies: Policies) -> Table:
     """The policy file flattened to dotted keys; a policy that is off is `false`."""
     rows: Table = {"api.request_deadline": policies.api.request_deadline}
     for name, dep in policies.dependencies.items():
@@ -118,7 +119,7 @@ def _delay_caps(dep: DependencyConfig) -> list[float]:
     return [shape(n, retry.base_delay, retry.max_delay) for n in range(retry.max_retries)]
 
 
-def _probe_timeout(policies: ResilienceConfig) -> float:
+def _probe_timeout(policies: Policies) -> float:
     # As the composition root builds it (with an in-process store: only the breaker's spec is read).
     dep = policies.dependencies["payment"]
     breaker = build_pipeline("payment", dep, hedging=False, probe_timeout=payment_probe_timeout(policies)).breaker
@@ -126,7 +127,7 @@ def _probe_timeout(policies: ResilienceConfig) -> float:
     return breaker.spec.probe_timeout
 
 
-def derived_rows(policies: ResilienceConfig) -> Table:
+def derived_rows(policies: Policies) -> Table:
     deps, jobs, api = policies.dependencies, policies.jobs_payment, policies.api
     payment, inventory = deps["payment"], deps["inventory"]
     job_caps = [exponential_delay(n, jobs.backoff_base, jobs.backoff_max) for n in range(jobs.max_retries)]

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.config import Settings
-from app.resilience.config import parse_policies
+from app.policies import parse_policies
 from tests.support import DatabaseHandle, FakeInventory, FakePayments, FakePublisher, fresh_database
 
 ADMIN_TOKEN = "test-admin-token"

@@ -13,7 +13,7 @@ import redis
 
 from app import create_app
 from app.config import Settings
-from app.resilience.config import parse_policies
+from app.policies import parse_policies
 from tests.broker import rabbitmq_url
 from tests.support import DatabaseHandle, FakeInventory, FakePayments, FakePublisher
 

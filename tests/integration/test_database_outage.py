@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from app import create_app
 from app.adapters.migrate import upgrade
 from app.config import Settings
-from app.resilience.config import parse_policies
+from app.policies import parse_policies
 from tests.support import FakeInventory, FakePayments, FakePublisher
 
 ORDER = {"customer_id": 3, "lines": [{"product_id": 1, "quantity": 1}]}

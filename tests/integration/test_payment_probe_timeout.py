@@ -8,7 +8,7 @@ import redis
 
 from app.adapters.dependencies import build_dependencies
 from app.config import Settings
-from app.resilience.config import parse_policies
+from app.policies import parse_policies
 from app.resilience.pipeline import build_pipeline
 
 POLICIES = """

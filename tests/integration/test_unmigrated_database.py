@@ -22,7 +22,7 @@ from app import create_app
 from app.adapters.migrate import upgrade
 from app.cli import main
 from app.config import ROOT, Settings
-from app.resilience.config import parse_policies
+from app.policies import parse_policies
 from bench.stack import free_ports
 from tests.support import DatabaseHandle, FakeInventory, FakePayments, FakePublisher
 

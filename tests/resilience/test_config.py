@@ -4,14 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from app.resilience.config import (
-    DEFAULTS,
-    BreakerConfig,
-    BulkheadConfig,
-    PolicyFileError,
-    load_policies,
-    parse_policies,
-)
+from app.policies import DEFAULTS, PolicyFileError, load_policies, parse_policies
+from app.resilience import BreakerConfig, BulkheadConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

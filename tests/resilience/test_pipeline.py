@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from app.policies import DEFAULTS
 from app.resilience import (
     Attempt,
     AttemptTimeoutError,
+    BreakerConfig,
     BrokenCircuitError,
     Bulkhead,
     BulkheadRejectedError,
@@ -23,7 +25,6 @@ from app.resilience import (
     build_pipeline,
     is_retryable_status,
 )
-from app.resilience.config import DEFAULTS, BreakerConfig
 from app.resilience.events import (
     AttemptFinished,
     BreakerTransition,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.resilience.config import JobsPaymentConfig
+from app.policies import JobsPaymentConfig
 from app.services.payment_jobs import PaymentJobRunner
 
 

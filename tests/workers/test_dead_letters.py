@@ -13,7 +13,7 @@ from app import create_app
 from app.cli import main as cli
 from app.config import Settings
 from app.domain import OrderStatus
-from app.resilience.config import JobsPaymentConfig, parse_policies
+from app.policies import JobsPaymentConfig, parse_policies
 from app.services import dead_letters
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
 from app.services.unit_of_work import PaymentDue

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, event, select
 
 from app.adapters.sql.tables import notification_jobs
 from app.domain import OrderStatus
-from app.resilience.config import JobsPaymentConfig
+from app.policies import JobsPaymentConfig
 from app.services.notifications import BackgroundConfirmations, NotificationRunner, send_notification_job
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
 from tests.workers.fakes import Clock, FakeJobGateway, order, place_order, uow_of

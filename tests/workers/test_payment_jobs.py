@@ -11,7 +11,7 @@ import pytest
 
 from app.adapters.sql.dead_letters import SqlDeadLetters
 from app.domain import FailureReason, OrderStatus
-from app.resilience.config import JobsPaymentConfig
+from app.policies import JobsPaymentConfig
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
 from app.services.unit_of_work import ClaimedJob, DeadLettered
 from tests.fake_unit_of_work import MemoryDeadLetters

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.resilience.config import JobsPaymentConfig
+from app.policies import JobsPaymentConfig
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
 from tests.workers.fakes import Clock, FakeJobGateway, job, place_order
 from workers.relay import OutboxRelay, RelayThread
