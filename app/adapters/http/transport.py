@@ -45,7 +45,7 @@ from datetime import UTC
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
 
-from app.resilience.watchdog import Watchdog, default_watchdog
+from .watchdog import Watchdog, default_watchdog
 
 __all__ = [
     "HttpConnectionError",
