@@ -110,7 +110,7 @@ def reset_circuit(name: str) -> Response:
 
 def _operate_circuit(name: str, done: str, operate: Callable[[Any], None]) -> Response:
     """Isolate or reset one circuit (every process sees it through the shared state), log it, show it."""
-    from app.adapters.dependencies import snapshot_dict
+    from app.adapters.dependency_health import snapshot_dict
 
     breaker = _circuit(name)
     operate(breaker)

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from app.adapters.db import DB_WAIT_SECONDS
-from app.adapters.dependencies import PaymentClient, payment_probe_timeout
+from app.adapters.dependencies import payment_probe_timeout
+from app.adapters.payment_client import PaymentClient
 from app.config import Settings
 from app.resilience.backoff import constant_delay, exponential_delay
 from app.resilience.budget import DEFAULT_WINDOW
