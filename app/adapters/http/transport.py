@@ -1,50 +1,45 @@
-"""HTTP/1.1 transport for OrderFlow's dependencies, with a hard wall-clock deadline per attempt.
+"""HTTP for OrderFlow's dependencies: ``requests``, with a hard wall-clock deadline per attempt.
 
-Why not ``requests``: its ``timeout`` bounds each socket operation, so a dependency that trickles one byte
-every 100 ms keeps a caller forever ("the timeout that wasn't"). Here every attempt carries an absolute
-``time.monotonic()`` deadline, enforced three ways:
+``requests`` does the HTTP (framing, keep-alive pools, proxies and ``NO_PROXY``, TLS, content encodings). What
+it cannot do is bound an attempt: its ``timeout`` bounds each socket operation, so a dependency that trickles
+one byte every 100 ms keeps a caller forever ("the timeout that wasn't"). Every attempt here carries an
+absolute ``time.monotonic()`` deadline, enforced three ways:
 
-* each socket gets the time left as its timeout, so no single connect, send or receive outlives the deadline;
-* the process ``Watchdog`` shuts the attempt's socket down at the deadline, which ends a trickling read
-  between two bytes (a per-operation timeout never fires while bytes keep coming);
-* after every receive the clock is checked, so even a late watchdog cannot let the body run on.
+* each socket operation gets the time left as its timeout, so none outlives the deadline;
+* the process ``Watchdog`` shuts the attempt's socket down at the deadline (``connection.py``), which ends a
+  trickling read between two bytes;
+* a response that completes after the deadline, or once the watchdog fired, is a timeout, and its connection
+  is never reused.
 
-Why not ``http.client`` + an own pool either: it treats end-of-stream inside the header block as the end of
-the headers, so a peer dying mid-headers (or a socket the watchdog shut down) passes for a complete response.
-The dependencies speak small JSON over keep-alive HTTP/1.1, so this module frames responses itself and
-strictly (status line, headers, Content-Length / chunked / read-to-close), which also keeps the per-request
-work to one ``sendall`` and usually one ``recv``: a fraction of ``requests.Session``'s overhead.
-
-Connections are pooled per origin (LIFO, ``pool_maxsize`` idle sockets kept, more opened when busy). A socket
-goes back to the pool only after a complete, keep-alive response read before the watchdog fired; anything
-else closes it. A pooled socket the peer has closed meanwhile is noticed before reuse; if the peer closes one
-in the same instant, a request that is safe to repeat (idempotent method, or one carrying an
-``Idempotency-Key``) is sent once more on a fresh connection, within the same deadline.
-
-Known limit: name resolution (``getaddrinfo``) cannot be interrupted; the dependencies are addressed by IP
-or by names the local resolver answers at once.
+One ``requests.Session`` per process: a forked child (gunicorn and Celery prefork) drops the one it inherited
+and closes its copies of the parent's sockets. urllib3 retries nothing (the resilience pipeline retries); the
+one re-send here is for a pooled connection the peer closed just as it was used: a request that is safe to
+repeat (idempotent method, or one carrying an ``Idempotency-Key``) goes once more on a fresh connection,
+within the same deadline.
 """
 
 from __future__ import annotations
 
 import email.utils
-import functools
+import http.client
 import json as jsonlib
 import math
 import os
 import re
-import select
-import socket
-import ssl
 import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, NamedTuple
-from urllib.parse import quote, urlencode, urlsplit
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any
 
+import requests
+import urllib3
+from requests.structures import CaseInsensitiveDict
+
+from .connection import Attempt, DeadlineAdapter, IncompleteHead, MalformedHead, current, forget_connections
 from .watchdog import Watchdog, default_watchdog
 
 __all__ = [
@@ -53,16 +48,23 @@ __all__ = [
     "HttpTimeoutError",
     "HttpTransport",
     "HttpTransportError",
+    "parse_retry_after",
 ]
 
-_MAX_HEAD = 64 * 1024
-_MAX_BODY = 16 * 1024 * 1024
-_RECV_SIZE = 65536
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-# Hop-by-hop framing is this module's business, never the caller's.
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_ENVIRONMENT_CACHE_SIZE = 1024
+# A session stores no cookie: every call stands alone, as the dependencies expect.
+_NO_COOKIES = DefaultCookiePolicy(allowed_domains=[])
+# What an exchange can raise once it started; anything else is a bug and propagates.
+_EXCHANGE_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+# The peer ended the stream before the response was complete.
+_CLOSED = (http.client.IncompleteRead, http.client.RemoteDisconnected, IncompleteHead,
+           urllib3.exceptions.IncompleteRead)
+_MALFORMED = (MalformedHead, http.client.BadStatusLine, http.client.LineTooLong, http.client.UnknownProtocol,
+              urllib3.exceptions.InvalidChunkLength, urllib3.exceptions.InvalidHeader)
 
 
 class HttpTransportError(Exception):
@@ -77,33 +79,6 @@ class HttpTimeoutError(HttpTransportError):
     """The attempt's deadline passed, whatever phase it was in."""
 
 
-class _Headers(Mapping[str, str]):
-    """Response headers, looked up case-insensitively; repeated fields joined with ", " (RFC 9110 5.3)."""
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: dict[str, str]) -> None:
-        self._fields = fields  # keys already lower-case
-
-    def __getitem__(self, name: str) -> str:
-        return self._fields[name.lower()]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._fields.get(name.lower(), default)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._fields
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._fields)
-
-    def __len__(self) -> int:
-        return len(self._fields)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
-
-
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     """A complete response. ``headers`` is case-insensitive, also when a test builds one from a plain dict."""
@@ -114,9 +89,8 @@ class HttpResponse:
     elapsed: float
 
     def __post_init__(self) -> None:
-        if not isinstance(self.headers, _Headers):
-            fields = {name.lower(): value for name, value in self.headers.items()}
-            object.__setattr__(self, "headers", _Headers(fields))
+        if not isinstance(self.headers, CaseInsensitiveDict):
+            object.__setattr__(self, "headers", CaseInsensitiveDict(self.headers))
 
     def json(self) -> Any:
         """The body as JSON; ValueError when it is not JSON."""
@@ -146,129 +120,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-class _Target(NamedTuple):
-    origin: tuple[str, str, int]
-    host: str
-    port: int
-    tls: bool
-    host_header: str
-    path: str
-
-
-@functools.lru_cache(maxsize=1024)
-def _split_url(url: str) -> _Target:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"unsupported URL scheme in {url!r}")
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"no host in {url!r}")
-    tls = scheme == "https"
-    default_port = 443 if tls else 80
-    port = parts.port or default_port
-    shown_host = f"[{host}]" if ":" in host else host
-    host_header = shown_host if port == default_port else f"{shown_host}:{port}"
-    # Percent-encode only what may not appear in a request line; valid URLs pass unchanged.
-    path = quote(parts.path or "/", safe="/%!$&'()*+,;=:@-._~")
-    if parts.query:
-        path += "?" + quote(parts.query, safe="/%!$&'()*+,;=:@-._~?")
-    return _Target((scheme, host, port), host, port, tls, host_header, path)
-
-
-class _PeerClosed(Exception):
-    """End of stream before the response was complete."""
-
-
-class _ProtocolError(Exception):
-    """The peer sent something that is not a well-formed HTTP/1.1 response."""
-
-
-class _StaleConnection(Exception):
-    """A pooled connection was already closed by the peer; nothing of a response arrived."""
-
-
-class _Attempt:
-    """What the watchdog needs to end one attempt: its socket, and a note that it did."""
-
-    __slots__ = ("sock", "killed", "lock", "phase", "received")
-
-    def __init__(self, sock: socket.socket | None) -> None:
-        self.sock = sock
-        self.killed = False
-        self.lock = threading.Lock()
-        self.phase = "connect" if sock is None else "send"
-        self.received = False
-
-    def kill(self) -> None:
-        # Runs on the watchdog thread. shutdown(), not close(): it wakes the owner blocked in recv/send
-        # at once, and the file descriptor stays the owner's to close (no reuse race).
-        with self.lock:
-            self.killed = True
-            if self.sock is not None:
-                try:
-                    self.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close_socket(self) -> None:
-        with self.lock:  # waits for a kill() that is running right now
-            if self.sock is not None:
-                self.sock.close()
-                self.sock = None
-
-
-class _Pool:
-    """Idle keep-alive sockets of one origin, newest first."""
-
-    __slots__ = ("idle", "lock", "maxsize")
-
-    def __init__(self, maxsize: int) -> None:
-        self.idle: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.maxsize = maxsize
-
-    def take(self) -> socket.socket | None:
-        while True:
-            with self.lock:
-                if not self.idle:
-                    return None
-                sock = self.idle.pop()
-            if _is_usable(sock):
-                return sock
-            sock.close()
-
-    def give(self, sock: socket.socket) -> None:
-        with self.lock:
-            if len(self.idle) < self.maxsize:
-                self.idle.append(sock)
-                return
-        sock.close()
-
-    def drain(self) -> list[socket.socket]:
-        """Empty the pool for good: sockets of requests still running are closed when they come back."""
-        with self.lock:
-            idle, self.idle = self.idle, []
-            self.maxsize = 0
-        return idle
-
-
-def _is_usable(sock: socket.socket) -> bool:
-    """An idle keep-alive socket must have nothing to read: readable means closed by the peer (or garbage)."""
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return not poller.poll(0)
-    except (OSError, ValueError):
-        return False
-
-
 class HttpTransport:
-    """Thread-safe HTTP/1.1 client: keep-alive pools per origin, a hard deadline per attempt.
+    """Thread-safe HTTP client: keep-alive pools per origin, a hard deadline per attempt.
 
     ``request`` reads the whole body before returning (dependency responses are small JSON) and raises
     ``HttpTimeoutError`` within a few milliseconds of ``deadline``, or ``HttpConnectionError``. Any status
-    code is a response; deciding what to retry belongs to the resilience pipeline.
+    code is a response; deciding what to retry belongs to the resilience pipeline. A request that cannot be
+    sent as given (method, URL, header) raises ``ValueError`` before anything goes out.
     """
 
     def __init__(
@@ -277,24 +135,48 @@ class HttpTransport:
         pool_maxsize: int = 32,
         watchdog: Watchdog | None = None,
         user_agent: str = "orderflow",
-        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if pool_maxsize < 0:
             raise ValueError("pool_maxsize must be >= 0")
-        _check_header("User-Agent", user_agent)
         self._pool_maxsize = pool_maxsize
         self._watchdog = watchdog if watchdog is not None else default_watchdog()
-        self._ssl_context = ssl_context
-        self._base_headers = {"user-agent": f"User-Agent: {user_agent}\r\n", "accept": "Accept: */*\r\n",
-                              "accept-encoding": "Accept-Encoding: identity\r\n"}
-        self._reset_pools()
+        self._lock = threading.Lock()
+        self._headers = CaseInsensitiveDict(requests.utils.default_headers())
+        self._headers["User-Agent"] = user_agent
+        self._session = self._new_session()
+        self._environment: dict[str, dict[str, Any]] = {}  # url -> what requests takes from the environment
+        self._pid = os.getpid()
         _transports.add(self)
         _register_fork_hook()
 
-    def _reset_pools(self) -> None:
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = DeadlineAdapter(pool_maxsize=self._pool_maxsize)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.cookies.set_policy(_NO_COOKIES)
+        return session
+
+    def _environment_for(self, session: requests.Session, url: str) -> dict[str, Any]:
+        # Proxies, NO_PROXY and the CA bundle, as requests reads them from the environment: once per URL and
+        # process, not on every call, where reading them costs about a seventh of the call.
+        session.get_adapter(url)  # InvalidSchema (a ValueError) for anything but http and https
+        settings = dict(session.merge_environment_settings(url, {}, None, None, None))
+        if len(self._environment) >= _ENVIRONMENT_CACHE_SIZE:
+            self._environment.clear()
+        self._environment[url] = settings
+        return settings
+
+    def _process_session(self) -> requests.Session:
+        if self._pid != os.getpid():
+            self._forget_parent()  # a fork os.register_at_fork did not see; never share the parent's sockets
+        return self._session
+
+    def _forget_parent(self) -> None:
+        self._lock = threading.Lock()
+        self._session = self._new_session()
+        self._environment = {}
         self._pid = os.getpid()
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
-        self._pools_lock = threading.Lock()
 
     def __enter__(self) -> HttpTransport:
         return self
@@ -304,12 +186,8 @@ class HttpTransport:
 
     def close(self) -> None:
         """Close every idle connection. The transport stays usable and opens new ones when asked."""
-        with self._pools_lock:
-            pools = list(self._pools.values())
-            self._pools = {}
-        for pool in pools:
-            for sock in pool.drain():
-                sock.close()
+        with self._lock:
+            self._process_session().close()
 
     def request(
         self,
@@ -329,317 +207,89 @@ class HttpTransport:
         method = method.upper()
         if not _TOKEN.fullmatch(method):
             raise ValueError(f"invalid HTTP method {method!r}")
-        target = _split_url(url)
-        path = target.path
-        if params:
-            path += ("&" if "?" in path else "?") + urlencode(params)
-        payload = self._encode(method, target, path, json, headers)
-        if self._pid != os.getpid():
-            self._reset_pools()  # a fork os.register_at_fork did not see; never share the parent's sockets
-        pool = self._pools.get(target.origin) or self._new_pool(target.origin)
-        may_resend = method in _IDEMPOTENT or (headers is not None and _has_idempotency_key(headers))
-        label = f"{method} {url}"
-        sock = pool.take()
-        try:
-            status, fields, body = self._attempt(pool, sock, target, method, payload, deadline, label)
-        except _StaleConnection as exc:
-            if not may_resend:
-                raise HttpConnectionError(f"{label}: connection closed before any response") from exc
-            # The peer closed a pooled socket just as we used it: once more, new connection, same deadline.
-            status, fields, body = self._attempt(pool, None, target, method, payload, deadline, label)
-        return HttpResponse(status, _Headers(fields), body, time.monotonic() - start)
-
-    def _new_pool(self, origin: tuple[str, str, int]) -> _Pool:
-        with self._pools_lock:
-            pool = self._pools.get(origin)
-            if pool is None:
-                pool = self._pools[origin] = _Pool(self._pool_maxsize)
-            return pool
-
-    def _encode(
-        self,
-        method: str,
-        target: _Target,
-        path: str,
-        json: object | None,
-        headers: Mapping[str, str] | None,
-    ) -> bytes:
-        lines = dict(self._base_headers)
-        body = b""
+        body = None
+        sent_headers: Mapping[str, str] = self._headers
         if json is not None:
             body = jsonlib.dumps(json, separators=(",", ":")).encode()
-            lines["content-type"] = "Content-Type: application/json\r\n"
+            sent_headers = {**sent_headers, **_JSON_HEADERS}
         if headers:
-            for name, value in headers.items():
-                _check_header(name, value)
-                lower = name.lower()
-                if lower not in _FRAMING_HEADERS:
-                    lines[lower] = f"{name}: {value}\r\n"
-        head = f"{method} {path} HTTP/1.1\r\nHost: {target.host_header}\r\n{''.join(lines.values())}"
-        if body or method in ("POST", "PUT", "PATCH"):
-            head += f"Content-Length: {len(body)}\r\n"
-        return (head + "\r\n").encode("latin-1") + body
-
-    def _attempt(
-        self,
-        pool: _Pool,
-        sock: socket.socket | None,
-        target: _Target,
-        method: str,
-        payload: bytes,
-        deadline: float,
-        label: str,
-    ) -> tuple[int, dict[str, str], bytes]:
-        reused = sock is not None
-        attempt = _Attempt(sock)
-        handle = self._watchdog.watch(deadline, attempt.kill)
-        try:
-            if sock is None:
-                sock = self._connect(target, deadline, attempt)
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-            attempt.phase = "send"
-            sock.sendall(payload)
-            attempt.phase = "headers"
-            status, fields, body, reusable = _read_response(sock, method, deadline, attempt)
-        except (OSError, _PeerClosed, _ProtocolError) as exc:
-            handle.cancel()
-            attempt.close_socket()
-            if attempt.killed or isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
-                raise HttpTimeoutError(f"{label}: deadline passed ({attempt.phase})") from exc
-            if reused and not attempt.received and attempt.phase in ("send", "headers") and isinstance(
-                exc, _PeerClosed | ConnectionResetError | BrokenPipeError | ConnectionAbortedError
-            ):
-                raise _StaleConnection from exc
-            if isinstance(exc, _ProtocolError):
-                raise HttpConnectionError(f"{label}: malformed response: {exc}") from exc
-            if isinstance(exc, _PeerClosed):
-                raise HttpConnectionError(f"{label}: closed mid-response ({attempt.phase})") from exc
-            raise HttpConnectionError(f"{label}: {type(exc).__name__}: {exc} ({attempt.phase})") from exc
-        except BaseException:
-            handle.cancel()
-            attempt.close_socket()
-            raise
-        if not handle.cancel():
-            # The watchdog fired as the response completed: the socket may be shut down half-way through
-            # what looked like the end of the response, so nothing read from it can be trusted.
-            attempt.close_socket()
-            raise HttpTimeoutError(f"{label}: deadline passed ({attempt.phase})")
-        if reusable:
-            pool.give(sock)
-        else:
-            sock.close()
-        return status, fields, body
-
-    def _connect(self, target: _Target, deadline: float, attempt: _Attempt) -> socket.socket:
-        last_error: OSError | None = None
-        addresses = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-        for family, kind, proto, _, address in addresses:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock = socket.socket(family, kind, proto)
-            with attempt.lock:
-                if attempt.killed:
-                    sock.close()
-                    raise TimeoutError
-                attempt.sock = sock
-            try:
-                sock.settimeout(remaining)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.connect(address)
-            except TimeoutError:
-                raise
-            except OSError as exc:
-                attempt.close_socket()
-                last_error = exc
-                continue
-            if target.tls:
-                return self._handshake(sock, target, deadline, attempt)
-            return sock
-        raise last_error or OSError(f"no address for {target.host}")
-
-    def _handshake(
-        self, sock: socket.socket, target: _Target, deadline: float, attempt: _Attempt
-    ) -> socket.socket:
-        context = self._ssl_context or _default_ssl_context()
-        # wrap_socket detaches the plain socket, so the watchdog must hold the TLS one before any TLS I/O.
-        tls = context.wrap_socket(sock, server_hostname=target.host, do_handshake_on_connect=False)
-        with attempt.lock:
-            attempt.sock = tls
-            if attempt.killed:
-                raise TimeoutError
-        tls.settimeout(max(deadline - time.monotonic(), 0.001))
-        tls.do_handshake()
-        return tls
-
-
-def _read_response(
-    sock: socket.socket, method: str, deadline: float, attempt: _Attempt
-) -> tuple[int, dict[str, str], bytes, bool]:
-    """One response: status, lower-cased header fields, body, and whether the socket may be reused."""
-    reader = _Reader(sock, deadline, attempt)
-    while True:
-        end = reader.find(b"\r\n\r\n", 0, _MAX_HEAD)
-        version, status, fields = _parse_head(bytes(reader.buf[:end]))
-        reader.pos = end + 4
-        if status >= 200 or status == 101:
-            break
-        del reader.buf[: reader.pos]  # 1xx interim response: the real one follows
-        reader.pos = 0
-    if status == 101:
-        raise _ProtocolError("unexpected protocol switch")
-    attempt.phase = "body"
-    keep_alive = version == "HTTP/1.1" and "close" not in fields.get("connection", "").lower()
-    if method == "HEAD" or status in (204, 304):
-        body = b""
-    elif "transfer-encoding" in fields:
-        if fields["transfer-encoding"].lower().rsplit(",", 1)[-1].strip() != "chunked":
-            body, keep_alive = reader.read_to_close(), False
-        else:
-            body = reader.read_chunked()
-            # Both framings at once is how responses get smuggled; do not trust what follows.
-            keep_alive = keep_alive and "content-length" not in fields
-    elif "content-length" in fields:
-        body = reader.read_exact(_content_length(fields["content-length"]))
-    else:
-        body, keep_alive = reader.read_to_close(), False
-    reusable = keep_alive and reader.pos == len(reader.buf)
-    return status, fields, body, reusable
-
-
-def _parse_head(head: bytes) -> tuple[str, int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    well_formed = len(code) == 3 and code.isdigit() and rest[3:4] in ("", " ")
-    if version not in ("HTTP/1.1", "HTTP/1.0") or not well_formed:
-        raise _ProtocolError(f"bad status line {lines[0][:80]!r}")
-    fields: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.fullmatch(name):
-            raise _ProtocolError(f"bad header line {line[:80]!r}")
-        name = name.lower()
-        value = value.strip(" \t")
-        fields[name] = f"{fields[name]}, {value}" if name in fields else value
-    return version, int(code), fields
-
-
-def _content_length(value: str) -> int:
-    # "5, 5" is what a proxy makes of a repeated field; differing values mean the framing is unknowable.
-    values = {v.strip() for v in value.split(",")}
-    if len(values) != 1:
-        raise _ProtocolError(f"conflicting Content-Length {value!r}")
-    text = values.pop()
-    if not text.isascii() or not text.isdigit():
-        raise _ProtocolError(f"bad Content-Length {value!r}")
-    length = int(text)
-    if length > _MAX_BODY:
-        raise _ProtocolError(f"body of {length} bytes is over the limit")
-    return length
-
-
-class _Reader:
-    """A growing receive buffer over one socket; every receive is bounded by the attempt's deadline."""
-
-    __slots__ = ("sock", "deadline", "attempt", "buf", "pos")
-
-    def __init__(self, sock: socket.socket, deadline: float, attempt: _Attempt) -> None:
-        self.sock = sock
-        self.deadline = deadline
-        self.attempt = attempt
-        self.buf = bytearray()
-        self.pos = 0
-
-    def fill(self) -> None:
-        chunk = self.sock.recv(_RECV_SIZE)
-        if not chunk:
-            raise _PeerClosed
-        self.attempt.received = True
-        self.buf += chunk
-        # Bytes that keep trickling in reset no socket timeout; the deadline still ends the attempt here.
-        if time.monotonic() >= self.deadline:
-            raise TimeoutError
-
-    def find(self, marker: bytes, start: int, limit: int) -> int:
-        """Index of ``marker`` at or after ``start``; receives until it comes, at most ``limit`` bytes on."""
-        searched = start
+            sent_headers = {**sent_headers, **headers}  # the caller's win, whatever their case
+        session = self._process_session()
+        # Everything that can refuse the request as given does so here, before anything is sent. Not through
+        # Session.prepare_request: a session here keeps no cookie and sends no .netrc credentials, and merging
+        # them would cost a tenth of the call.
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=method, url=url, headers=sent_headers, data=body, params=params)
+        settings = self._environment.get(url) or self._environment_for(session, url)
+        may_resend = method in _IDEMPOTENT or "Idempotency-Key" in prepared.headers
+        label = f"{method} {url}"
+        fresh = False
         while True:
-            found = self.buf.find(marker, searched)
-            if found >= 0:
-                return found
-            if len(self.buf) - start > limit:
-                raise _ProtocolError("response head or chunk line too long")
-            searched = max(start, len(self.buf) - len(marker) + 1)
-            self.fill()
-
-    def read_exact(self, length: int) -> bytes:
-        end = self.pos + length
-        while len(self.buf) < end:
-            self.fill()
-        body = bytes(self.buf[self.pos : end])
-        self.pos = end
-        return body
-
-    def read_chunked(self) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line_end = self.find(b"\r\n", self.pos, 1024)
-            size_text = bytes(self.buf[self.pos : line_end]).split(b";", 1)[0].strip()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HttpTimeoutError(f"{label}: deadline passed (connect)")
+            attempt = Attempt(deadline, fresh=fresh)
+            attempt.watched_by(self._watchdog.watch(deadline, attempt.kill))
+            current.attempt = attempt
             try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-            if size < 0 or size_text.startswith((b"-", b"+", b"0x", b"0X")):
-                raise _ProtocolError(f"bad chunk size {size_text[:20]!r}")
-            self.pos = line_end + 2
-            if size == 0:
-                break
-            total += size
-            if total > _MAX_BODY:
-                raise _ProtocolError("chunked body over the limit")
-            parts.append(self.read_exact(size))
-            if self.read_exact(2) != b"\r\n":
-                raise _ProtocolError("chunk not followed by CRLF")
-        while True:  # trailer fields, ignored, up to the empty line
-            line_end = self.find(b"\r\n", self.pos, _MAX_HEAD)
-            empty = line_end == self.pos
-            self.pos = line_end + 2
-            if empty:
-                return b"".join(parts)
-
-    def read_to_close(self) -> bytes:
-        while True:
-            if len(self.buf) - self.pos > _MAX_BODY:
-                raise _ProtocolError("body over the limit")
-            try:
-                self.fill()
-            except _PeerClosed:
-                break
-        body = bytes(self.buf[self.pos :])
-        self.pos = len(self.buf)
-        return body
+                timeout = urllib3.Timeout(total=left)
+                response = session.send(prepared, timeout=timeout,  # type: ignore[arg-type]  # urllib3's is taken
+                                        allow_redirects=False, **settings)
+            except _EXCHANGE_ERRORS as exc:
+                in_time = attempt.stop_watch()
+                if not in_time or attempt.killed or time.monotonic() >= deadline or _timed_out(exc):
+                    raise HttpTimeoutError(f"{label}: deadline passed ({attempt.phase})") from exc
+                if may_resend and not fresh and attempt.reused and not attempt.received:
+                    fresh = True  # the peer closed a pooled connection as it was used: nothing was answered
+                    continue
+                raise HttpConnectionError(f"{label}: {_describe(exc, attempt)}") from exc
+            finally:
+                current.attempt = None
+                attempt.stop_watch()
+                attempt.conn = None
+            if not attempt.stop_watch() or time.monotonic() >= deadline:
+                # The response completed only as the deadline passed: what was read may be cut short.
+                raise HttpTimeoutError(f"{label}: deadline passed ({attempt.phase})")
+            return HttpResponse(response.status_code, response.headers, response.content, time.monotonic() - start)
 
 
-def _check_header(name: str, value: str) -> None:
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"invalid header name {name!r}")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"invalid characters in header {name!r}")
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it wraps: requests and urllib3 nest the socket's error in theirs."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 16:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        reason = getattr(error, "reason", None)  # urllib3's MaxRetryError
+        nested = [arg for arg in error.args if isinstance(arg, BaseException)]
+        if isinstance(reason, BaseException):
+            nested.append(reason)
+        if error.__cause__ is not None:
+            nested.append(error.__cause__)
+        elif error.__context__ is not None and not error.__suppress_context__:
+            nested.append(error.__context__)
+        todo.extend(reversed(nested))
 
 
-def _has_idempotency_key(headers: Mapping[str, str]) -> bool:
-    return any(name.lower() == "idempotency-key" for name in headers)
+def _timed_out(exc: BaseException) -> bool:
+    # A socket timeout is the time left running out: the deadline, whatever urllib3 named it.
+    return any(isinstance(cause, TimeoutError) for cause in _causes(exc))
 
 
-@functools.cache
-def _default_ssl_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
+def _describe(exc: BaseException, attempt: Attempt) -> str:
+    causes = list(_causes(exc))
+    for cause in causes:
+        if isinstance(cause, _MALFORMED) and not isinstance(cause, http.client.RemoteDisconnected):
+            return f"malformed response: {cause}"
+    if any(isinstance(cause, _CLOSED) for cause in causes):
+        if attempt.received:
+            return f"closed mid-response ({attempt.phase})"
+        return f"closed before any response ({attempt.phase})"
+    innermost = next((cause for cause in reversed(causes) if isinstance(cause, OSError)), exc)
+    return f"{type(innermost).__name__}: {innermost} ({attempt.phase})"
 
 
 _transports: weakref.WeakSet[HttpTransport] = weakref.WeakSet()
@@ -654,11 +304,8 @@ def _register_fork_hook() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The parent keeps using its pooled sockets; a child writing to them would interleave two requests on
-    # one connection. close() (never shutdown()) only drops the child's reference to the descriptor.
+    # Runs before any other thread exists in the child. The inherited sessions may hold locks some parent
+    # thread had at fork time, so they are dropped, not closed; their sockets are the parent's to use.
+    forget_connections()
     for transport in list(_transports):
-        pools = transport._pools
-        transport._reset_pools()
-        for pool in pools.values():
-            for sock in pool.idle:
-                sock.close()
+        transport._forget_parent()
