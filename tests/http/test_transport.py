@@ -199,17 +199,21 @@ class _RacingWatchdog:
 
         return Handle()
 
+    def stop(self) -> None:
+        self._real.stop()
+
 
 def test_a_connection_whose_watchdog_fired_is_never_reused(make_server: ServerFactory) -> None:
     server = make_server()
     watchdog = _RacingWatchdog()
-    transport = HttpTransport(watchdog=watchdog)  # type: ignore[arg-type]
-    assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json()["n"] == 1
-    watchdog.racing = True
-    with pytest.raises(HttpTimeoutError):
-        transport.request("GET", server.url, deadline=time.monotonic() + 2)
-    watchdog.racing = False
-    assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json()["n"] == 1
+    with HttpTransport(watchdog=watchdog) as transport:  # type: ignore[arg-type]
+        assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json()["n"] == 1
+        watchdog.racing = True
+        with pytest.raises(HttpTimeoutError):
+            transport.request("GET", server.url, deadline=time.monotonic() + 2)
+        watchdog.racing = False
+        assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json()["n"] == 1
+    watchdog.stop()
     assert server.accepted == 2
 
 
@@ -348,6 +352,8 @@ def test_the_proxy_of_the_environment_is_used_and_no_proxy_honoured(
     make_server: ServerFactory, transport: HttpTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proxy, direct = make_server(), make_server()
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     via_proxy = transport.request("GET", "http://inventory.internal/stock/1", deadline=time.monotonic() + 2)
