@@ -121,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             session.run(
                 "policy",
                 lambda r: policy.run(
-                    r, redis_url=target.url, redis_prefix=target.prefix, redis_note=target.note
+                    r,
+                    redis_url=target.url,
+                    redis_prefix=target.prefix,
+                    redis_note=target.note,
+                    previous=session.results.get("policy"),
                 ),
             )
         if "proxy" in chosen:

@@ -1,7 +1,7 @@
 """The naive baseline of benchmark 2: a Flask endpoint with no policies, served like the order API.
 
 `POST /healthy` makes the real-time path's dependency calls with plain `requests` (inventory GET, payment
-POST, through the same chaos-proxy ports) and the same database writes as `place_order` (the repository's
+POST, through the same chaos-proxy ports) and the same database writes as `place_order` (the repositories'
 own statements, so the comparison is about everything around them). `POST /deferred` is the flag-off path:
 inventory GET, the same INSERTs, one synchronous Celery enqueue. No validation beyond reading the JSON, no
 idempotency keys, no timeouts beyond requests', no circuit, no metrics.
@@ -26,11 +26,11 @@ NOOP_QUEUE = "bench_noop"
 
 
 def create_app() -> Flask:
-    from app.adapters import repository as repo
-    from app.adapters.db import make_engine, read, write
-    from app.adapters.repository import AttemptRecord
+    from app.adapters.db import make_engine
+    from app.adapters.sql import SqlUnitOfWorkFactory
     from app.domain import (
         PENDING_MESSAGE,
+        AttemptRecord,
         InventorySource,
         Order,
         OrderLine,
@@ -41,6 +41,7 @@ def create_app() -> Flask:
     )
 
     engine = make_engine(os.environ["DATABASE_URL"], schema=os.environ.get("DATABASE_SCHEMA") or None)
+    uow = SqlUnitOfWorkFactory(engine)
     inventory_url = os.environ["INVENTORY_URL"].rstrip("/")
     payment_url = os.environ["PAYMENT_URL"].rstrip("/")
     local = threading.local()
@@ -64,8 +65,8 @@ def create_app() -> Flask:
 
     def new_order(body: dict[str, Any], *, real_time: bool) -> tuple[Order, datetime]:
         lines = [(int(line["product_id"]), int(line["quantity"])) for line in body["lines"]]
-        with read(engine) as conn:
-            catalog = repo.products_by_id(conn, (pid for pid, _ in lines))
+        with uow(read_only=True) as unit:
+            catalog = unit.catalog.products_by_id(pid for pid, _ in lines)
         for pid, _ in lines:
             stock = session().get(f"{inventory_url}/stock/{pid}", timeout=5)
             stock.raise_for_status()
@@ -83,8 +84,10 @@ def create_app() -> Flask:
             message=PENDING_MESSAGE,
         )
         due = now + timedelta(seconds=10) if real_time else now
-        with write(engine) as conn:
-            repo.insert_order(conn, order, job_due_at=due)
+        with uow() as unit:
+            unit.orders.add(order)
+            unit.outbox.payments.add(order.id, due_at=due, now=now)
+            unit.commit()
         return order, now
 
     @app.get("/health")
@@ -114,19 +117,19 @@ def create_app() -> Flask:
             "captured" if payment.status_code == 201 else "error",
             payment.status_code,
         )
-        with write(engine) as conn:
-            repo.record_attempts(conn, order.id, [attempt], now=now)
+        with uow() as unit:
+            unit.orders.record_attempts(order.id, [attempt], now=now)
             if payment.status_code == 201:
-                repo.move_order(
-                    conn,
+                unit.orders.move(
                     order.id,
                     from_status=OrderStatus.PAYMENT_PENDING,
                     to_status=OrderStatus.CONFIRMED,
                     now=now,
                     payment_id=payment.json()["id"],
                 )
-                repo.close_job(conn, order.id, state="done", now=now)
-                repo.queue_notification(conn, order.id, "order_confirmed", now=now)
+                unit.outbox.payments.close(order.id, now=now)
+                unit.outbox.notifications.add(order.id, "order_confirmed", now=now)
+            unit.commit()
         status = "Confirmed" if payment.status_code == 201 else "PaymentPending"
         return jsonify({"id": order.id, "status": status}), 201
 

@@ -139,7 +139,7 @@ def run(
             f"With the circuit open, requests passed the contract's 250 ms (p99 {isolated.p(99):.0f} ms, "
             f"slowest {isolated.max_ms:.0f} ms). With 16 connections on 2 cores the latency is mostly "
             "queueing behind the other requests: each one still reads the circuit state from Redis "
-            "(app/adapters/dependencies.py `PaymentClient.circuit_break_until` -> `CircuitBreaker.snapshot` -> "
+            "(app/adapters/payment_client.py `PaymentClient.circuit_break_until` -> `CircuitBreaker.snapshot` -> "
             "the `_ADMIN` script), makes the inventory GET (through the hedging policy, which starts a thread "
             "per attempt, and the shared circuit's admission script) and the INSERT transaction (a pooled "
             "checkout with its ping, three statements, the commit), and the cores are shared with wrk, "

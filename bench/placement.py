@@ -64,12 +64,12 @@ def baseline_server(stack: BenchStack) -> Iterator[str]:
 
 
 def pending_orders(db: Database) -> int:
-    from app.adapters.db import make_engine, read
+    from app.adapters.db import make_engine
     from app.adapters.sql.tables import orders
 
     engine = make_engine(db.url, schema=db.schema, pool_size=1)
     try:
-        with read(engine) as conn:
+        with engine.connect() as conn:
             return int(
                 conn.execute(
                     select(func.count()).select_from(orders).where(orders.c.status == "PaymentPending")

@@ -3,6 +3,10 @@
 Every contender wraps the same do-nothing call; its overhead is its time per call minus the bare call's.
 Contenders are timed in interleaved rounds (each round times every contender once) and the median round
 is kept, so a noisy second hurts all of them alike.
+
+Then a real dependency call: a GET to a simulator in a process of its own, through the pipeline and the
+HTTP transport, against the same GET made with a bare `requests.Session` (and with urllib3's pool used
+directly), timed the same way.
 """
 
 from __future__ import annotations
@@ -10,25 +14,26 @@ from __future__ import annotations
 import gc
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.adapters.redis_breaker_store import _ACQUIRE, connection_factory, pack_command
+from app.adapters import redis_breaker_store
+from app.adapters.redis_breaker_store import _ACQUIRE, RedisBreakerStore, connection_factory, pack_command
+from app.policies import parse_policies
 from app.resilience import (
     Bulkhead,
     CircuitBreaker,
     LocalBreakerStore,
-    RedisBreakerStore,
     ResiliencePipeline,
     RetryPolicy,
     build_pipeline,
-    parse_policies,
-    shared_state,
 )
 
 from .results import BenchmarkResult, Measurement
+from .stack import free_ports, serving
 
 Timer = Callable[[int], float]  # runs n calls, returns seconds
 
@@ -38,6 +43,8 @@ class PolicyCounts:
     calls: int = 20_000  # per round, in-process contenders
     redis_calls: int = 2_000  # per round, contenders that talk to Redis
     rounds: int = 7
+    http_calls: int = 100  # per round, contenders that make an HTTP request
+    http_rounds: int = 15  # more, shorter rounds: a round trip is at the mercy of the machine's other work
 
 
 def _timer(fn: Callable[[], Any]) -> Timer:
@@ -133,6 +140,7 @@ def run(
     redis_url: str | None = None,
     redis_prefix: str = "bench",
     redis_note: str = "",
+    previous: BenchmarkResult | None = None,
 ) -> BenchmarkResult:
     ours = our_pipeline()
     full = full_payment_pipeline()
@@ -193,8 +201,11 @@ def run(
     )
     if redis_url is not None:
         _shared(result, counts=counts, redis_url=redis_url, redis_prefix=redis_prefix, command=command)
-        if redis_note:
-            result.notes.append(f"Redis: {redis_note}.")
+    if counts.http_calls:
+        _http(result, counts=counts, redis_url=redis_url, redis_prefix=redis_prefix, command=command,
+              previous=previous)
+    if redis_url is not None and redis_note:
+        result.notes.append(f"Redis: {redis_note}.")
     return result
 
 
@@ -245,7 +256,7 @@ def _shared(
     lean.connect()
     # A timed-out call is decided locally, which is cheaper than Redis: count them, the note says so.
     went_local = _WarningCount()
-    logging.getLogger(shared_state.__name__).addHandler(went_local)
+    logging.getLogger(redis_breaker_store.__name__).addHandler(went_local)
     timers: dict[str, Timer] = {
         "bare": _timer(lambda: _noop(None)),
         "ping": _timer(ping_client.ping),
@@ -260,7 +271,7 @@ def _shared(
     try:
         per_call = measure(timers, calls=counts.redis_calls, rounds=counts.rounds)
     finally:
-        logging.getLogger(shared_state.__name__).removeHandler(went_local)
+        logging.getLogger(redis_breaker_store.__name__).removeHandler(went_local)
         store.close()
         full_store.close()
         lean.disconnect()
@@ -293,7 +304,7 @@ def _shared(
         f"Where the shared breaker's cost goes: the round trip with the acquire script costs {us['evalsha']:.0f} µs "
         f"and the Python side (pipeline and `RedisBreakerStore._admit`) adds {us['shared'] - us['evalsha']:.0f} µs. "
         "The store sends one EVALSHA per attempt, packed once per circuit, flags and thread, on the thread's own "
-        "connection (app/resilience/shared_state.py `RedisBreakerStore._call`); with the circuit closed the "
+        "connection (app/adapters/redis_breaker_store.py `RedisBreakerStore._call`); with the circuit closed the "
         "script (`_ACQUIRE`) reads the three flag keys with one MGET and answers a bare integer; with the retry "
         "budget on it also reads TIME and bumps one hash field (HINCRBY; a bucket's first write prunes old "
         "buckets and sets PEXPIRE). Outcomes cost no round trip (batched by the flusher thread). The floor on "
@@ -318,3 +329,166 @@ def _shared(
             "lower",
         )
     )
+
+
+HTTP_GOAL = 1.2  # the pipeline, the watchdog and the transport add at most a fifth to a bare requests call
+
+
+def _http_timer(fn: Callable[[], Any]) -> Callable[[int], tuple[float, float]]:
+    """Runs n calls; returns (wall seconds, CPU seconds of this process)."""
+
+    def run(n: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            fn()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    return run
+
+
+def _measure_http(
+    timers: dict[str, Callable[[int], tuple[float, float]]], *, calls: int, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU seconds per call of each timer over interleaved rounds (after a warm-up round)."""
+    wall: dict[str, list[float]] = {name: [] for name in timers}
+    cpu: dict[str, list[float]] = {name: [] for name in timers}
+    for round_no in range(rounds + 1):
+        for name, timer in timers.items():
+            gc.collect()
+            spent_wall, spent_cpu = timer(calls)
+            if round_no:
+                wall[name].append(spent_wall / calls)
+                cpu[name].append(spent_cpu / calls)
+    return (
+        {name: statistics.median(values) for name, values in wall.items()},
+        {name: statistics.median(values) for name, values in cpu.items()},
+    )
+
+
+def _http(
+    result: BenchmarkResult,
+    *,
+    counts: PolicyCounts,
+    redis_url: str | None,
+    redis_prefix: str,
+    command: str,
+    previous: BenchmarkResult | None,
+) -> None:
+    import requests
+    import urllib3
+
+    from app.adapters.http import HttpTransport
+
+    port = free_ports(1)[0]
+    base = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "simulators", "inventory", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"{base}/stock/1"
+    local = full_payment_pipeline()
+    shared: ResiliencePipeline[Any] | None = None
+    store: Any = None
+    client: Any = None
+    if redis_url is not None:
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=0.05, socket_connect_timeout=0.05)
+        store = RedisBreakerStore(client, key_prefix=f"{redis_prefix}:policy-http")
+        shared = full_payment_pipeline(store=store)
+    with serving(argv, f"{base}/health"):
+        session = requests.Session()
+        transport = HttpTransport()
+        pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False)
+
+        def through(pipeline: ResiliencePipeline[Any]) -> Callable[[], Any]:
+            return lambda: pipeline.execute(lambda call: transport.request("GET", url, deadline=call.deadline))
+
+        calls: dict[str, Callable[[], Any]] = {
+            "requests": lambda: session.get(url, timeout=5),
+            "pipeline_local": through(local),
+            "transport": lambda: transport.request("GET", url, deadline=time.monotonic() + 5),
+            "urllib3": lambda: pool.request("GET", "/stock/1", timeout=5),
+        }
+        if shared is not None:
+            calls["pipeline"] = through(shared)
+        for name, call in calls.items():  # every contender gets the same answer
+            answer = call()
+            status = getattr(answer, "status", None) or getattr(answer, "status_code", None)
+            if status != 200:
+                raise RuntimeError(f"{name}: GET {url} answered {status}")
+        try:
+            wall, cpu = _measure_http(
+                {name: _http_timer(call) for name, call in calls.items()},
+                calls=counts.http_calls,
+                rounds=counts.http_rounds,
+            )
+        finally:
+            transport.close()
+            session.close()
+            pool.close()
+            if store is not None:
+                store.close()
+                client.close()
+    us = {name: t * 1e6 for name, t in wall.items()}
+    cpu_us = {name: t * 1e6 for name, t in cpu.items()}
+    result.raw["http_per_call_us"] = us
+    result.raw["http_cpu_per_call_us"] = cpu_us
+    bare = "a bare `requests.Session().get`, same endpoint"
+    goal = "<= 1.2x bare requests"
+    result.add(
+        Measurement(
+            "dependency call: GET through the payment pipeline (local breaker) and the HTTP transport, time per call",
+            "µs", us["pipeline_local"], us["requests"], bare, command, goal, HTTP_GOAL, "lower",
+        )
+    )
+    result.add(
+        Measurement(
+            "the same, CPU time of the calling process per call",
+            "µs", cpu_us["pipeline_local"], cpu_us["requests"], bare, command, goal, HTTP_GOAL, "lower",
+        )
+    )
+    if "pipeline" in us:
+        result.add(
+            Measurement(
+                "the same through the API's payment pipeline (shared breaker and retry budget in Redis), "
+                "time per call",
+                "µs", us["pipeline"], us["requests"], bare, command, "", None, "none",
+            )
+        )
+    result.add(
+        Measurement(
+            "of which: the HTTP transport alone, CPU time per call",
+            "µs", cpu_us["transport"], cpu_us["requests"], bare, command, "", None, "none",
+        )
+    )
+    result.add(
+        Measurement(
+            "urllib3's pool used directly (`HTTPConnectionPool.request`), CPU time per call",
+            "µs", cpu_us["urllib3"], cpu_us["requests"], bare, command, "", None, "none",
+        )
+    )
+    shared_text = (
+        f", through the API's payment pipeline {us['pipeline']:.0f} µs (one Redis round trip more, the shared "
+        "breaker's cost measured above)" if "pipeline" in us else ""
+    )
+    result.notes.append(
+        f"Dependency call: `GET /stock/1` of the inventory simulator, a process of its own on 127.0.0.1, over "
+        f"one keep-alive connection per client; median of {counts.http_rounds} interleaved rounds of "
+        f"{counts.http_calls} calls each way. Time per call is the round trip, the simulator's work included: "
+        f"bare requests {us['requests']:.0f} µs, through the pipeline with a local breaker "
+        f"{us['pipeline_local']:.0f} µs{shared_text}, the transport alone {us['transport']:.0f} µs, urllib3's "
+        f"pool {us['urllib3']:.0f} µs. CPU time is what the calling process spends per call (all its threads): "
+        f"the client code's own cost, which the machine's other work does not inflate as it does the round trip. "
+        f"urllib3's pool used directly spends {cpu_us['requests'] - cpu_us['urllib3']:.0f} µs less per call than "
+        f"requests, {cpu_us['transport'] - cpu_us['urllib3']:.0f} µs less than the transport."
+    )
+    before = previous.raw.get("http_cpu_per_call_us") if previous is not None else None
+    before_wall = previous.raw.get("http_per_call_us") if previous is not None else None
+    if previous is not None and before and before_wall:
+        through_shared = (
+            f"through the API's payment pipeline {before_wall['pipeline']:.0f} µs per call and "
+            f"{before['pipeline']:.0f} µs of CPU, " if "pipeline" in before else ""
+        )
+        result.notes.append(
+            f"The run before this one (commit `{previous.commit}`, {previous.date}): {through_shared}the "
+            f"transport alone {before_wall['transport']:.0f} µs per call and {before['transport']:.0f} µs of CPU, "
+            f"bare requests {before_wall['requests']:.0f} µs and {before['requests']:.0f} µs of CPU."
+        )

@@ -9,29 +9,13 @@ from __future__ import annotations
 
 import http.client
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from .environment import ROOT
 from .results import BenchmarkResult, Measurement
-from .stack import free_ports, stop_process, wait_http
+from .stack import free_ports, serving
 
 GOAL_US = 100.0
-
-
-@contextmanager
-def _process(argv: list[str], ready_url: str) -> Iterator[None]:
-    process = subprocess.Popen(
-        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        wait_http(ready_url, timeout=30, process=process)
-        yield
-    finally:
-        stop_process(process, grace=10)
 
 
 def _batch(conn: http.client.HTTPConnection, n: int) -> list[float]:
@@ -51,11 +35,11 @@ def run(result: BenchmarkResult, *, requests_per_batch: int = 500, batches: int 
     sim, control, listen = free_ports(3)
     py = sys.executable
     with (
-        _process(
+        serving(
             [py, "-m", "simulators", "inventory", "--host", "127.0.0.1", "--port", str(sim)],
             f"http://127.0.0.1:{sim}/health",
         ),
-        _process(
+        serving(
             [py, "-m", "chaosproxy", "--host", "127.0.0.1", "--port", str(control)],
             f"http://127.0.0.1:{control}/version",
         ),

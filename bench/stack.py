@@ -78,6 +78,19 @@ def wait_http(
     raise RuntimeError(f"{url} did not answer 200 within {timeout} s:\n{tail(log)}")
 
 
+@contextmanager
+def serving(argv: list[str], ready_url: str) -> Iterator[None]:
+    """A process of its own (a simulator, the chaos proxy) for as long as the block runs."""
+    process = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_http(ready_url, timeout=30, process=process)
+        yield
+    finally:
+        stop_process(process, grace=10)
+
+
 def tail(log: Path | None, lines: int = 40) -> str:
     if log is None:
         return ""

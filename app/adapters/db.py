@@ -7,8 +7,6 @@ database that is down or locked turns into a 503 instead of a hung request.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,20 +94,3 @@ def lock_wait(seconds: float) -> float:
     """How long a transaction bound to a deadline may wait for a lock: what is left of the deadline, within
     [MIN_LOCK_WAIT, DB_WAIT_SECONDS]. The services' unit of work applies it (`lock_wait` execution option)."""
     return min(DB_WAIT_SECONDS, max(MIN_LOCK_WAIT, seconds))
-
-
-# Plain transactions for code outside the services (the naive baseline of the benchmarks); the services go
-# through the unit of work (`app.adapters.sql`).
-@contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
-    """One write transaction (BEGIN IMMEDIATE on SQLite), committed on success."""
-    with engine.begin() as conn:
-        yield conn
-
-
-@contextmanager
-def read(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        conn = conn.execution_options(readonly=True)
-        with conn.begin():
-            yield conn

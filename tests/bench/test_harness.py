@@ -12,7 +12,7 @@ from bench.profiling import summarise
 from bench.report import document, table
 from bench.results import BenchmarkResult, Measurement, load_results, save_results
 
-TINY = policy.PolicyCounts(calls=200, redis_calls=20, rounds=2)
+TINY = policy.PolicyCounts(calls=200, redis_calls=20, http_calls=0, rounds=2)
 
 
 def _result() -> BenchmarkResult:
@@ -30,6 +30,18 @@ def test_policy_benchmark_with_tiny_counts_measures_ours_against_tenacity() -> N
     assert first.ratio == first.ours / first.baseline
     assert first.met in (True, False)
     assert {"bare", "ours", "tenacity", "pybreaker"} <= set(result.raw["per_call_us"])
+
+
+def test_policy_benchmark_times_a_dependency_call_against_bare_requests() -> None:
+    counts = policy.PolicyCounts(calls=10, redis_calls=0, rounds=2, http_calls=20, http_rounds=2)
+    result = policy.run(_result(), counts=counts)
+
+    call = next(m for m in result.measurements if m.name.startswith("dependency call"))
+    assert call.baseline_name.startswith("a bare `requests.Session")
+    assert call.ours > 0 and call.baseline is not None and call.baseline > 0 and call.met in (True, False)
+    assert set(result.raw["http_cpu_per_call_us"]) == {"requests", "pipeline_local", "transport", "urllib3"}
+    again = policy.run(_result(), counts=counts, previous=result)
+    assert any(note.startswith("The run before this one (commit `abc123`") for note in again.notes)
 
 
 def test_document_has_one_table_per_benchmark_with_commit_and_verdict() -> None:

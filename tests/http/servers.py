@@ -124,6 +124,22 @@ def trickle(response: bytes, *, interval: float, head_at_once: bool = False) -> 
     return behave
 
 
+def stall_tls_handshake(*, interval: float) -> Behavior:
+    """Take the ClientHello, then trickle a never-ending handshake record one byte per ``interval``."""
+
+    def behave(conn: socket.socket, stop: threading.Event) -> None:
+        if not _recv(conn, stop):
+            return
+        conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB, of which nothing follows at once
+        while not stop.wait(interval):
+            try:
+                conn.sendall(b"\x00")
+            except OSError:
+                return  # the client gave up, as it should
+
+    return behave
+
+
 def answer_then_close(response: bytes) -> Behavior:
     """Read the request, send ``response`` (maybe partial), close the connection."""
 

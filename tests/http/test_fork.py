@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from app.adapters.http import HttpTransport
-from app.resilience.watchdog import default_watchdog
+from app.adapters.http.watchdog import default_watchdog
 
 from .conftest import ServerFactory
 

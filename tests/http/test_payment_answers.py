@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from app.adapters.dependencies import PaymentClient, http_failure
 from app.adapters.http import HttpTransport
+from app.adapters.http.outcomes import http_failure
+from app.adapters.payment_client import PaymentClient
 from app.resilience import ResiliencePipeline
 
 from .conftest import ServerFactory

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import math
 import socket
 import threading
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.adapters.http import HttpConnectionError, HttpTimeoutError, HttpTransport, HttpTransportError
+from app.adapters.http import HttpConnectionError, HttpTimeoutError, HttpTransport, HttpTransportError, Watchdog
 
 from .conftest import ServerFactory
 from .servers import (
@@ -17,6 +18,7 @@ from .servers import (
     serve_raw,
     serve_then,
     silent,
+    stall_tls_handshake,
     trickle,
 )
 
@@ -132,6 +134,25 @@ def test_a_slow_trickle_is_cut_at_the_deadline_not_at_the_next_byte(
     _expect_timeout_at(deadline, lambda: transport.request("GET", server.url, deadline=deadline))
 
 
+def test_a_body_read_to_the_close_trickled_times_out_at_the_deadline(
+    make_server: ServerFactory, transport: HttpTransport
+) -> None:
+    # No Content-Length: http.client hands the socket to the response and closes the connection at once.
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"padding": "' + b"x" * 200
+    server = make_server(default=trickle(response, interval=0.1, head_at_once=True))
+    deadline = time.monotonic() + 0.6
+    _expect_timeout_at(deadline, lambda: transport.request("GET", server.url, deadline=deadline))
+
+
+def test_a_stalled_tls_handshake_times_out_at_the_deadline(
+    make_server: ServerFactory, transport: HttpTransport
+) -> None:
+    server = make_server(default=stall_tls_handshake(interval=0.1))
+    url = f"https://127.0.0.1:{server.port}/"
+    deadline = time.monotonic() + 0.6
+    _expect_timeout_at(deadline, lambda: transport.request("GET", url, deadline=deadline))
+
+
 def test_a_timeout_names_the_phase(make_server: ServerFactory, transport: HttpTransport) -> None:
     response = json_response({"padding": "x" * 200})
     server = make_server(default=trickle(response, interval=0.05, head_at_once=True))
@@ -161,6 +182,41 @@ def test_a_connection_that_timed_out_never_goes_back_to_the_pool(
     assert server.accepted == 2
 
 
+class _RacingWatchdog:
+    """A watchdog that, while ``racing``, reports on cancel that it fired just as the response completed."""
+
+    def __init__(self) -> None:
+        self.racing = False
+        self._real = Watchdog()
+
+    def watch(self, deadline: float, on_expire: object) -> object:
+        handle = self._real.watch(deadline, on_expire)  # type: ignore[arg-type]
+        racing = self.racing
+
+        class Handle:
+            def cancel(self) -> bool:
+                return handle.cancel() and not racing
+
+        return Handle()
+
+    def stop(self) -> None:
+        self._real.stop()
+
+
+def test_a_connection_whose_watchdog_fired_is_never_reused(make_server: ServerFactory) -> None:
+    server = make_server()
+    watchdog = _RacingWatchdog()
+    with HttpTransport(watchdog=watchdog) as transport:  # type: ignore[arg-type]
+        assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json()["n"] == 1
+        watchdog.racing = True
+        with pytest.raises(HttpTimeoutError):
+            transport.request("GET", server.url, deadline=time.monotonic() + 2)
+        watchdog.racing = False
+        assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json()["n"] == 1
+    watchdog.stop()
+    assert server.accepted == 2
+
+
 def test_a_server_closing_mid_body_is_a_connection_error(
     make_server: ServerFactory, transport: HttpTransport
 ) -> None:
@@ -170,10 +226,13 @@ def test_a_server_closing_mid_body_is_a_connection_error(
         transport.request("GET", server.url, deadline=time.monotonic() + 2)
 
 
+# Cut inside a field, or after a whole one: http.client would take the end of the stream for the end of the
+# head, and read an empty body to the close.
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\nContent-Ty", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"])
 def test_a_server_closing_mid_headers_is_a_connection_error(
-    make_server: ServerFactory, transport: HttpTransport
+    make_server: ServerFactory, transport: HttpTransport, head: bytes
 ) -> None:
-    server = make_server(default=answer_then_close(b"HTTP/1.1 200 OK\r\nContent-Ty"))
+    server = make_server(default=answer_then_close(head))
     with pytest.raises(HttpConnectionError):
         transport.request("GET", server.url, deadline=time.monotonic() + 2)
 
@@ -204,6 +263,31 @@ def test_a_pooled_connection_closed_by_the_server_is_replaced(
     assert server.accepted == 2
 
 
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [("GET", {}), ("PUT", {}), ("POST", {"Idempotency-Key": "payment:o-1"})],
+)
+def test_a_request_safe_to_repeat_is_sent_again_when_a_pooled_connection_turns_out_closed(
+    make_server: ServerFactory, transport: HttpTransport, method: str, headers: dict[str, str]
+) -> None:
+    # The first connection answers once, then closes on the next request without a byte of answer.
+    server = make_server([serve_then(1, answer_then_close(b""))])
+    assert transport.request("GET", server.url, deadline=time.monotonic() + 2).status == 200
+    again = transport.request(method, server.url, deadline=time.monotonic() + 2, json={}, headers=headers)
+    assert (again.status, again.json()["n"]) == (200, 1)
+    assert server.accepted == 2
+
+
+def test_a_post_without_idempotency_key_is_never_sent_twice(
+    make_server: ServerFactory, transport: HttpTransport
+) -> None:
+    server = make_server([serve_then(1, answer_then_close(b""))])
+    assert transport.request("GET", server.url, deadline=time.monotonic() + 2).status == 200
+    with pytest.raises(HttpConnectionError, match="closed before any response"):
+        transport.request("POST", server.url, deadline=time.monotonic() + 2, json={})
+    assert server.accepted == 1
+
+
 def test_connection_close_responses_are_not_pooled(
     make_server: ServerFactory, transport: HttpTransport
 ) -> None:
@@ -230,6 +314,52 @@ def test_interim_responses_are_skipped(make_server: ServerFactory, transport: Ht
     server = make_server(default=serve_raw(interim + json_response({"ok": 1}, status=201)))
     response = transport.request("POST", server.url, deadline=time.monotonic() + 2, json={})
     assert (response.status, response.json()) == (201, {"ok": 1})
+
+
+def test_every_interim_response_is_skipped_and_the_connection_stays_in_step(
+    make_server: ServerFactory, transport: HttpTransport
+) -> None:
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    server = make_server([serve_raw(early_hints + json_response({"first": 1}), json_response({"second": 2}))])
+    assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json() == {"first": 1}
+    assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json() == {"second": 2}
+    assert server.accepted == 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nno colon here\r\n\r\n{}",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    ],
+)
+def test_a_head_that_cannot_be_trusted_is_a_connection_error(
+    make_server: ServerFactory, transport: HttpTransport, head: bytes
+) -> None:
+    server = make_server(default=answer_then_close(head))
+    with pytest.raises(HttpConnectionError, match="malformed"):
+        transport.request("GET", server.url, deadline=time.monotonic() + 2)
+
+
+def test_a_gzip_body_is_decoded(make_server: ServerFactory, transport: HttpTransport) -> None:
+    body = gzip.compress(b'{"available": 7}')
+    packed = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    server = make_server(default=serve_raw(packed))
+    assert transport.request("GET", server.url, deadline=time.monotonic() + 2).json() == {"available": 7}
+
+
+def test_the_proxy_of_the_environment_is_used_and_no_proxy_honoured(
+    make_server: ServerFactory, transport: HttpTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, direct = make_server(), make_server()
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    via_proxy = transport.request("GET", "http://inventory.internal/stock/1", deadline=time.monotonic() + 2)
+    assert via_proxy.json()["line"] == "GET http://inventory.internal/stock/1 HTTP/1.1"
+    assert transport.request("GET", direct.url + "/stock/1", deadline=time.monotonic() + 2).status == 200
+    assert (proxy.accepted, direct.accepted) == (1, 1)
 
 
 def test_no_content_and_head_responses_have_empty_bodies(

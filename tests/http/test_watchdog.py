@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.resilience.watchdog import Watchdog
+from app.adapters.http.watchdog import Watchdog
 
 
 class FakeClock:
@@ -107,7 +107,7 @@ def test_an_exception_in_a_callback_is_logged_and_the_thread_keeps_working(
     later = threading.Event()
     watchdog.watch(102.0, later.set)  # a later wake-up of the same thread
 
-    with caplog.at_level(logging.ERROR, logger="app.resilience.watchdog"):
+    with caplog.at_level(logging.ERROR, logger="app.adapters.http.watchdog"):
         _advance(watchdog, clock, 101.0)
         _wait_for(after)
         _advance(watchdog, clock, 102.0)

@@ -7,8 +7,8 @@ from typing import Any
 
 import redis
 
-from app.adapters.dependencies import REWRITE_SAME_LEVEL_AFTER, InventoryClient
 from app.adapters.http import HttpResponse
+from app.adapters.inventory_client import REWRITE_SAME_LEVEL_AFTER, InventoryClient
 from app.resilience import ResiliencePipeline
 
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from app.adapters.dependencies import InventoryClient
+from app.adapters.inventory_client import InventoryClient
 from app.adapters.redis_breaker_store import (
     _ACQUIRE_SCRIPT,
     _ADMIN_SCRIPT,

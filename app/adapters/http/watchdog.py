@@ -1,10 +1,10 @@
 """One timer thread per process that fires callbacks at absolute deadlines.
 
 A per-operation socket timeout restarts with every byte, so a peer that trickles one byte at a time never
-times out. The HTTP transport therefore asks this watchdog to shut its socket down at the attempt's deadline.
-That happens on every dependency call, so ``watch`` + ``cancel`` must cost a few microseconds: one heap push,
-one flag flip under an uncontended lock, and a wake-up of the timer thread only when the new deadline is
-earlier than the one it is already sleeping towards.
+times out. The HTTP transport (``transport.py``, the only user) therefore asks this watchdog to shut its
+socket down at the attempt's deadline. That happens on every dependency call, so ``watch`` + ``cancel`` must
+cost a few microseconds: one heap push, one flag flip under an uncontended lock, and a wake-up of the timer
+thread only when the new deadline is earlier than the one it is already sleeping towards.
 
 Cancelled entries stay in the heap (removing from the middle of a heap is O(n)) but drop their callback at
 once, so they pin nothing; the heap is rebuilt when they outnumber the live ones.
