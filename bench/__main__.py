@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(k in STACK_BENCHMARKS for k in chosen):
             db = resources.enter_context(database())
             tmp = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="orderflow-bench-")))
-            _say("starting the stack (app.stack.supervisor, what `make run` execs)")
+            _say("starting the stack (python -m app.stack, what `make run` execs)")
             stack = resources.enter_context(running_stack(db, target, tmp / "var"))
             notes = [f"Database: {db.note}. {redis_note}"]
             options = placement.LoadOptions(duration=args.duration)

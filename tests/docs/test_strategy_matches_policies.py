@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from app.adapters.db import DB_WAIT_SECONDS
-from app.adapters.dependencies import payment_probe_timeout
 from app.adapters.payment_client import PaymentClient
 from app.adapters.redis_breaker_store import RedisBreakerStore
+from app.bootstrap import payment_probe_timeout
 from app.config import Settings
 from app.policies import Policies, load_policies, parse_policies
 from app.resilience import DependencyConfig

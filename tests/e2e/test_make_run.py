@@ -100,7 +100,7 @@ def test_parallel_requests_with_one_idempotency_key_make_one_order(stack: Runnin
 
 def test_a_worker_killed_outright_is_restarted_and_pending_orders_still_confirm(stack: RunningStack) -> None:
     def worker_main() -> int | None:
-        supervisor = [pid for pid in descendants(stack.process.pid) if b"app.stack.supervisor" in _cmdline(pid)]
+        supervisor = [pid for pid in descendants(stack.process.pid) if b"app.stack" in _cmdline(pid)]
         for pid in descendants(supervisor[0]) if supervisor else ():
             if b"celery" in _cmdline(pid) and _parent(pid) == supervisor[0] and alive(pid):
                 return pid

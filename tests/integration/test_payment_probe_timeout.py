@@ -4,9 +4,8 @@ it for the longest attempt, so a slow worker probe never has a second probe star
 from __future__ import annotations
 
 import pytest
-import redis
 
-from app.adapters.dependencies import build_dependencies
+from app.bootstrap import build_dependencies
 from app.config import Settings
 from app.policies import parse_policies
 from app.resilience.pipeline import build_pipeline
@@ -27,12 +26,8 @@ def test_the_payment_probe_outlives_the_longest_attempt_of_api_and_workers(
 ) -> None:
     policies = parse_policies(POLICIES.replace("2.0", str(api)).replace("7.0", str(worker)))
     settings = Settings.from_env({"REDIS_URL": redis_url, "ORDERFLOW_REDIS_PREFIX": key_prefix})
-    client = redis.Redis.from_url(redis_url)
-    try:
-        deps = build_dependencies(settings, policies, client)
-        assert deps["circuits"].breakers["payment"].spec.probe_timeout == max(api, worker)
-    finally:
-        client.close()
+    deps = build_dependencies(settings, policies)
+    assert deps["circuits"].breakers["payment"].spec.probe_timeout == max(api, worker)
 
 
 def test_a_pipeline_probe_lasts_its_attempt_unless_told_otherwise() -> None:
