@@ -1,19 +1,21 @@
 """The invariants, checked after every fault has healed and the stack has settled.
 
-`check` is a pure function of what the run left behind: the history (intents and every answer), a snapshot
-of the database, the payment simulator's ledger and the circuits as the admin API shows them. Each
-violation carries the slice of evidence that shows it: the key's requests and answers, the order rows, the
-ledger entries, the jobs and dead letters of those orders.
+`check` is a pure function of what the run left behind: the history (intents, every answer, every replay of
+a dead letter), a snapshot of the database, the payment simulator's ledger, the circuits as the admin API
+shows them, and when the payment ledger could not be reached. Each violation carries the slice of evidence
+that shows it: the key's requests and answers, the order rows, the ledger entries, the jobs, dead letters
+and replays of those orders.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from .history import Attempt, Intent
-from .snapshot import OrderRow, Snapshot, row_json
+from .history import Attempt, Intent, Replay
+from .snapshot import DeadLetterRow, OrderRow, Snapshot, row_json
 
 INVARIANTS: dict[str, str] = {
     "one-key-one-order": "1. one key: at most one order and one capture; every answer names that order",
@@ -21,10 +23,31 @@ INVARIANTS: dict[str, str] = {
     "payment-outcome": "3. Confirmed with exactly one capture, or PaymentFailed with none; no charge without order",
     "no-500": "4. no HTTP 500",
     "settled": "5. every circuit closed; no payment job pending or running past its lease",
-    "dead-letters": "6. unreplayed dead letters match the orders given up (retries_exhausted, rejected)",
+    "dead-letters": "6. one unreplayed dead letter (the newest) per order given up, none for others; "
+                    "replayed ones replayed by the campaign, their orders moved on",
+    "ledger-decides": "7. no dead letter for an order the ledger held a capture of, nor while the ledger was "
+                      "unreachable",
     "time-bound": "no POST /api/orders longer than api.request_deadline + 1 s",
 }
 GIVEN_UP = ("retries_exhausted", "rejected")
+# A give-up asks the ledger (for at most 2 s) before it writes the dead letter, stamped just after: a capture
+# older than this was in the ledger when it was asked.
+LEDGER_MARGIN = 3.0
+# A dead letter stamped this soon after the ledger became unreachable may come from a lookup answered just
+# before.
+OUTAGE_MARGIN = 1.0
+
+
+@dataclass(frozen=True)
+class LedgerOutage:
+    """A span (unix seconds) in which no worker could read the payment ledger, and the fault that caused it."""
+
+    start: float
+    end: float
+    fault: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -43,8 +66,9 @@ class _Run:
     """The inputs, indexed the ways the checks look them up."""
 
     def __init__(self, intents: Iterable[Intent], attempts: Iterable[Attempt], snapshot: Snapshot,
-                 ledger: Sequence[dict[str, Any]]) -> None:
+                 ledger: Sequence[dict[str, Any]], replays: Iterable[Replay]) -> None:
         self.intents = {i.key: i for i in intents}
+        self.replays = sorted(replays, key=lambda r: r.sent)
         self.snapshot = snapshot
         self.ledger = list(ledger)
         self.attempts: dict[str, list[Attempt]] = {}
@@ -86,6 +110,7 @@ class _Run:
             "ledger": [entry for i in ids for entry in self.captures.get(i, [])],
             "jobs": [row_json(self.jobs[i]) for i in ids if i in self.jobs],
             "dead_letters": [row_json(d) for i in ids for d in self.dead_letters.get(i, [])],
+            "replays": [r.to_json() for r in self.replays if r.order_id in ids],
             **extra,
         }
 
@@ -98,9 +123,11 @@ def check(
     ledger: Sequence[dict[str, Any]],
     circuits: Sequence[dict[str, Any]] | None,
     request_deadline: float,
+    replays: Iterable[Replay],
+    ledger_outages: Sequence[LedgerOutage],
 ) -> list[Violation]:
     """Every violation of the invariants (`INVARIANTS`) the evidence shows; none for a clean run."""
-    run = _Run(intents, attempts, snapshot, ledger)
+    run = _Run(intents, attempts, snapshot, ledger, replays)
     return [
         *_one_key_one_order(run, request_deadline),
         *_told_orders_exist(run),
@@ -108,6 +135,8 @@ def check(
         *_no_500(run),
         *_settled(run, circuits),
         *_dead_letters(run),
+        *_replays(run),
+        *_ledger_decides(run, ledger_outages),
         *_time_bound(run, request_deadline + 1.0),
     ]
 
@@ -196,6 +225,10 @@ def _no_500(run: _Run) -> Iterator[Violation]:
         failed = [a.attempt for a in attempts if a.status == 500]
         if failed:
             yield Violation("no-500", key, f"HTTP 500 on attempt(s) {failed}", run.evidence(key=key))
+    for replay in run.replays:
+        if replay.status == 500:
+            yield Violation("no-500", f"dead letter {replay.dead_letter}", "HTTP 500 on its replay",
+                            run.evidence(order_ids=[replay.order_id]))
 
 
 def _settled(run: _Run, circuits: Sequence[dict[str, Any]] | None) -> Iterator[Violation]:
@@ -218,12 +251,18 @@ def _settled(run: _Run, circuits: Sequence[dict[str, Any]] | None) -> Iterator[V
 
 def _dead_letters(run: _Run) -> Iterator[Violation]:
     for order in run.snapshot.orders.values():
-        open_letters = [d for d in run.dead_letters.get(order.id, []) if d.replayed_at is None]
+        letters = sorted(run.dead_letters.get(order.id, []), key=lambda d: d.id)
+        open_letters = [d for d in letters if d.replayed_at is None]
         gave_up = order.status == "PaymentFailed" and order.failure_reason in GIVEN_UP
-        if gave_up and len(open_letters) != 1:
+        if gave_up and not open_letters and letters:
+            message = (f"PaymentFailed ({order.failure_reason}) again after dead letter {letters[-1].id} was "
+                       "replayed, without a new dead letter")
+        elif gave_up and len(open_letters) != 1:
             message = f"PaymentFailed ({order.failure_reason}) with {len(open_letters)} unreplayed dead letters"
         elif not gave_up and open_letters:
             message = f"{order.status} ({order.failure_reason}) has {len(open_letters)} unreplayed dead letter(s)"
+        elif open_letters and open_letters[-1] is not letters[-1]:
+            message = f"dead letter {open_letters[-1].id} unreplayed under a newer one, {letters[-1].id}, replayed"
         else:
             continue
         yield Violation("dead-letters", order.id, message, run.evidence(order_ids=[order.id]))
@@ -231,6 +270,66 @@ def _dead_letters(run: _Run) -> Iterator[Violation]:
         if order_id not in run.snapshot.orders:
             yield Violation("dead-letters", order_id, f"{len(letters)} dead letter(s) of an order not stored",
                             run.evidence(order_ids=[order_id]))
+
+
+def _replays(run: _Run) -> Iterator[Violation]:
+    """Each dead letter marked replayed was replayed by the campaign (the only client of the admin API), and
+    each replay the API accepted marked its dead letter."""
+    accepted = {r.dead_letter for r in run.replays if r.status == 202}
+    unanswered = {r.dead_letter for r in run.replays if r.status is None or r.status >= 500}
+    for letter in run.snapshot.dead_letters:
+        if letter.replayed_at is not None and letter.id not in accepted | unanswered:
+            message = f"dead letter {letter.id} marked replayed at {letter.replayed_at.isoformat()}, but never replayed"
+        elif letter.replayed_at is None and letter.id in accepted:
+            message = f"dead letter {letter.id}: its replay was accepted (202), yet it is not marked replayed"
+        else:
+            continue
+        yield Violation("dead-letters", letter.order_id, message, run.evidence(order_ids=[letter.order_id]))
+    for replay in run.replays:
+        if replay.status != 409 or not replay.problem_type().endswith("/dead-letter-already-replayed"):
+            continue
+        earlier = [r for r in run.replays if r.dead_letter == replay.dead_letter and r.sent < replay.sent
+                   and (r.status is None or r.status == 202 or r.status >= 500)]
+        if not earlier:
+            yield Violation("dead-letters", replay.order_id,
+                            f"dead letter {replay.dead_letter}: its first replay was answered 409 already replayed",
+                            run.evidence(order_ids=[replay.order_id]))
+
+
+def _ledger_decides(run: _Run, outages: Sequence[LedgerOutage]) -> Iterator[Violation]:
+    """A give-up asks the ledger first: no dead letter for an order it held a capture of, and no dead letter
+    while it could not be asked (the job waits and asks again)."""
+    for letter in run.snapshot.dead_letters:
+        if letter.dead_lettered_at is None:
+            continue
+        at = letter.dead_lettered_at.timestamp()
+        stamped = letter.dead_lettered_at.isoformat()
+        for entry in run.captures.get(letter.order_id, []):
+            captured = _unix(entry.get("captured_at"))
+            if captured is not None and captured < at - LEDGER_MARGIN:
+                yield _letter_violation(run, letter, f"dead letter {letter.id} written at {stamped} although the "
+                                        f"ledger held capture {entry.get('id')} since {entry.get('captured_at')}")
+                break
+        for outage in outages:
+            if outage.start + OUTAGE_MARGIN < at < outage.end:
+                yield _letter_violation(run, letter, f"dead letter {letter.id} written at {stamped}, while the "
+                                        f"payment ledger could not be reached ({outage.fault})",
+                                        outage=outage.to_json())
+                break
+
+
+def _letter_violation(run: _Run, letter: DeadLetterRow, message: str, **extra: Any) -> Violation:
+    return Violation("ledger-decides", letter.order_id, message, run.evidence(order_ids=[letter.order_id], **extra))
+
+
+def _unix(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _time_bound(run: _Run, bound: float) -> Iterator[Violation]:

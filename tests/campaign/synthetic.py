@@ -6,8 +6,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from campaign.history import Attempt, Intent
-from campaign.snapshot import JobRow, OrderRow, Snapshot
+from campaign.history import Attempt, Intent, Replay
+from campaign.snapshot import DeadLetterRow, JobRow, OrderRow, Snapshot
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 WALL0 = T0.timestamp()
@@ -26,6 +26,18 @@ def attempt(key: str, status: int | None, *, n: int = 0, sent: float = 0.0, elap
     return Attempt(key, 0, n, sent, elapsed, WALL0 + sent, status, body, location, error=error)
 
 
+def replay(dead_letter: int, order_id: str, status: int | None, *, sent: float = 30.0, body: Any = None,
+           error: str | None = None) -> Replay:
+    return Replay(dead_letter, order_id, "#9", sent, WALL0 + sent, 0.1, status, body, error)
+
+
+def letter(letter_id: int, order_id: str, *, written: float = 20.0, replayed: float | None = None) -> DeadLetterRow:
+    """A dead letter written `written` seconds into the run, replayed at `replayed` if given."""
+    return DeadLetterRow(letter_id, order_id, 3, "HTTP 503",
+                         T0 + timedelta(seconds=replayed) if replayed is not None else None,
+                         T0 + timedelta(seconds=written))
+
+
 def order(order_id: str, intent: Intent, status: str, *, failure_reason: str | None = None,
           created: float = 0.1) -> OrderRow:
     lines = tuple((ln["product_id"], ln["quantity"]) for ln in intent.body["lines"])
@@ -33,9 +45,11 @@ def order(order_id: str, intent: Intent, status: str, *, failure_reason: str | N
                     created_at=T0 + timedelta(seconds=created), updated_at=T0 + timedelta(seconds=created))
 
 
-def capture(order_id: str, number: int = 1) -> dict[str, Any]:
+def capture(order_id: str, number: int = 1, *, at: float = 3.0) -> dict[str, Any]:
+    """A capture `at` seconds into the run."""
     return {"id": f"pay_{order_id}_{number}", "order_id": order_id, "amount": "10.00",
-            "idempotency_key": f"order-{order_id}-payment", "status": "captured"}
+            "idempotency_key": f"order-{order_id}-payment", "status": "captured",
+            "captured_at": (T0 + timedelta(seconds=at)).isoformat()}
 
 
 def clean_run() -> dict[str, Any]:
@@ -63,6 +77,8 @@ def clean_run() -> dict[str, Any]:
         "ledger": [capture("o1")],
         "circuits": [{"name": "payment", "state": "closed"}, {"name": "inventory", "state": "closed"}],
         "request_deadline": DEADLINE,
+        "replays": [],
+        "ledger_outages": [],
     }
 
 
