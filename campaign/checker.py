@@ -27,6 +27,7 @@ INVARIANTS: dict[str, str] = {
                     "replayed ones replayed by the campaign, their orders moved on",
     "ledger-decides": "7. no dead letter for an order the ledger held a capture of, nor while the ledger was "
                       "unreachable",
+    "idempotent-replay": "8. a key sent twice gets one answer: the same order, replayed, in use only for a while",
     "time-bound": "no POST /api/orders longer than api.request_deadline + 1 s",
 }
 GIVEN_UP = ("retries_exhausted", "rejected")
@@ -137,6 +138,7 @@ def check(
         *_dead_letters(run),
         *_replays(run),
         *_ledger_decides(run, ledger_outages),
+        *_idempotent_replay(run, request_deadline),
         *_time_bound(run, request_deadline + 1.0),
     ]
 
@@ -174,18 +176,29 @@ def _one_key_one_order(run: _Run, request_deadline: float) -> Iterator[Violation
 def _nothing_changed_after_commit(attempts: list[Attempt], orders: list[OrderRow],
                                   request_deadline: float) -> Iterator[Attempt]:
     """503s that name no order, sent by the request that stored the key's order: it says nothing was changed
-    while an order row was committed. A 503 while an earlier request of the key could still be running
-    (it timed out on the client's side) proves nothing of the kind, and is skipped."""
+    while an order row was committed. A 503 while another request of the key could have stored it proves
+    nothing of the kind, and is skipped: an earlier one that timed out on the client's side (it may still
+    run), or the other copy of a key sent twice, in flight when the order was stored."""
     stored = [o.created_at.timestamp() for o in orders if o.created_at is not None]
     for attempt in attempts:
         if attempt.status != 503 or attempt.named_orders():
             continue
-        if not any(attempt.wall <= at <= attempt.answered_wall for at in stored):
+        during = [at for at in stored if attempt.wall <= at <= attempt.answered_wall]
+        if not during:
             continue
         overlapping = [b for b in attempts if b.sent < attempt.sent and b.status is None
                        and b.answered_wall + request_deadline + 1.0 > attempt.wall]
-        if not overlapping:
+        twins = [b for b in attempts if b.copy != attempt.copy
+                 and any(_in_flight(b, at, request_deadline) for at in during)]
+        if not overlapping and not twins:
             yield attempt
+
+
+def _in_flight(attempt: Attempt, at: float, request_deadline: float) -> bool:
+    """Whether the request may have been running at `at` (unix seconds): between its send and its answer, or
+    for as long as the API may run it when no answer came."""
+    end = attempt.answered_wall + (request_deadline + 1.0 if attempt.status is None else 0.5)
+    return attempt.wall - 0.5 <= at <= end
 
 
 def _told_orders_exist(run: _Run) -> Iterator[Violation]:
@@ -330,6 +343,60 @@ def _unix(value: object) -> float | None:
     except ValueError:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _idempotent_replay(run: _Run, request_deadline: float) -> Iterator[Violation]:
+    """Keys sent twice on purpose: the copy gets the key's one answer. After a stored answer, that answer
+    replayed (`Idempotent-Replayed: true`; or, if the first stored no response, the order as it is now, 201);
+    while the first runs, 409 in use, then the same. Whatever the timing, one fresh answer at most."""
+    for key in sorted(run.intents):
+        attempts = run.attempts.get(key, [])
+        problems = []
+        fresh = [a for a in attempts if a.status in (201, 402) and not a.replayed]
+        if len(fresh) > 1:
+            problems.append(f"{len(fresh)} answers {[a.status for a in fresh]} without Idempotent-Replayed")
+        first = _final([a for a in attempts if not a.copy])
+        for copy in sorted({a.copy for a in attempts if a.copy}):
+            mine = [a for a in attempts if a.copy == copy]
+            stuck = _in_use_for(mine)
+            if stuck > 2 * (request_deadline + 1.0):
+                problems.append(f"the {copy} copy was told in use for {stuck:.1f} s and never answered")
+            last = _final(mine)
+            if first is None or last is None:
+                continue
+            if last.named_orders() != first.named_orders() or (first.status == 422) != (last.status == 422):
+                problems.append(f"the {copy} copy was answered {last.status} {sorted(last.named_orders())}, the "
+                                f"first request {first.status} {sorted(first.named_orders())}")
+            elif copy == "after" and first.named_orders() and (not last.replayed
+                                                                  or last.status not in (first.status, 201)):
+                problems.append(f"the copy sent after the answer got {last.status}"
+                                f"{'' if last.replayed else ' without Idempotent-Replayed'}, not the stored "
+                                f"{first.status} replayed")
+        if problems:
+            yield Violation("idempotent-replay", key, "; ".join(problems), run.evidence(key=key))
+
+
+def _final(attempts: list[Attempt]) -> Attempt | None:
+    """The answer retrying could not change, if the requests got one."""
+    if not attempts:
+        return None
+    last = attempts[-1]
+    unanswered = last.status is None or last.status >= 500 or last.status == 429 or _in_use(last)
+    return None if unanswered else last
+
+
+def _in_use(attempt: Attempt) -> bool:
+    return attempt.status == 409 and attempt.problem_type().endswith("/idempotency-key-in-use")
+
+
+def _in_use_for(attempts: list[Attempt]) -> float:
+    """Seconds the last answers of these requests said in use, when those were their last answers."""
+    streak = []
+    for attempt in reversed(attempts):
+        if not _in_use(attempt):
+            break
+        streak.append(attempt)
+    return streak[0].answered_wall - streak[-1].wall if streak else 0.0
 
 
 def _time_bound(run: _Run, bound: float) -> Iterator[Violation]:

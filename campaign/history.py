@@ -19,6 +19,8 @@ class Intent:
     kind: str  # valid | declined | out_of_stock
     body: dict[str, Any]
     started: float  # seconds since the campaign started
+    # Sent twice on purpose: "after" the first answer, or "concurrent" while the first request is in flight.
+    duplicate: str = ""
 
     @property
     def signature(self) -> tuple[int, tuple[tuple[int, int], ...]]:
@@ -47,6 +49,7 @@ class Attempt:
     retry_after: float | None = None
     error: str | None = None
     phase: str = "faults"  # faults | settle
+    copy: str = ""  # "" for the intent's own requests; "after" or "concurrent" for those of its duplicate
 
     @property
     def answered_wall(self) -> float:

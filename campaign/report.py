@@ -52,6 +52,11 @@ def summary(result: Result) -> str:
         + f"; replayed {sum(1 for a in attempts if a.replayed)}")
     final = _final_answers(attempts)
     out("  final answer per key: " + ", ".join(f"{k} x{v}" for k, v in sorted(final.items())))
+    for copy in ("after", "concurrent"):
+        sent = [i for i in intents if i.duplicate == copy]
+        answers = Counter(_answer(a) for a in attempts if a.copy == copy)
+        out(f"  sent twice ({copy})  {len(sent)} keys; their copies' requests: "
+            + (", ".join(f"{k} x{v}" for k, v in sorted(answers.items())) or "none"))
     replays = result.history.replayed()
     replay_answers = Counter(_answer(r) for r in replays)
     out(f"  dead-letter replays  {len({r.dead_letter for r in replays})} letters, {len(replays)} requests: "
@@ -118,7 +123,7 @@ def evidence_lines(violation: Violation) -> list[str]:
             shown = json.dumps(keep, sort_keys=True)
         else:
             shown = repr(body)[:120] if body is not None else ""
-        flags = " replayed" if a["replayed"] else ""
+        flags = (" replayed" if a["replayed"] else "") + (f" [{a['copy']} copy]" if a.get("copy") else "")
         answer = a["status"] if a["status"] is not None else f"no answer: {a['error']}"
         lines.append(f"  +{a['sent']:8.3f} s  attempt {a['attempt']:<2} {a['elapsed']:6.2f} s  {answer}{flags}"
                      f"{'  Location ' + a['location'] if a['location'] else ''}  {shown}")

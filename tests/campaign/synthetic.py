@@ -13,7 +13,8 @@ T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 WALL0 = T0.timestamp()
 DEADLINE = 10.0
 
-VALID = Intent("k-valid", 0, "valid", {"customer_id": 1_000_001, "lines": [{"product_id": 3, "quantity": 2}]}, 0.0)
+VALID = Intent("k-valid", 0, "valid", {"customer_id": 1_000_001, "lines": [{"product_id": 3, "quantity": 2}]}, 0.0,
+               duplicate="after")
 DECLINED = Intent("k-declined", 0, "declined",
                   {"customer_id": 402, "lines": [{"product_id": 1, "quantity": 1}, {"product_id": 2, "quantity": 7}]},
                   1.0)
@@ -22,8 +23,10 @@ NO_STOCK = Intent("k-stock", 1, "out_of_stock",
 
 
 def attempt(key: str, status: int | None, *, n: int = 0, sent: float = 0.0, elapsed: float = 0.2,
-            body: Any = None, location: str | None = None, error: str | None = None) -> Attempt:
-    return Attempt(key, 0, n, sent, elapsed, WALL0 + sent, status, body, location, error=error)
+            body: Any = None, location: str | None = None, error: str | None = None, replayed: bool = False,
+            copy: str = "") -> Attempt:
+    return Attempt(key, 0, n, sent, elapsed, WALL0 + sent, status, body, location, replayed=replayed, error=error,
+                   copy=copy)
 
 
 def replay(dead_letter: int, order_id: str, status: int | None, *, sent: float = 30.0, body: Any = None,
@@ -53,15 +56,16 @@ def capture(order_id: str, number: int = 1, *, at: float = 3.0) -> dict[str, Any
 
 
 def clean_run() -> dict[str, Any]:
-    """A valid order confirmed (after one retried 503), one declined, one out of stock: nothing wrong."""
+    """A valid order confirmed (after one retried 503) and sent again after its answer (which replays it), one
+    declined, one out of stock: nothing wrong."""
     return {
         "intents": [VALID, DECLINED, NO_STOCK],
         "attempts": [
             attempt("k-valid", 503, body={"type": "/problems/database-unavailable", "status": 503}, elapsed=2.0),
             attempt("k-valid", 201, n=1, sent=2.5, body={"id": "o1", "status": "Confirmed"},
                     location="/api/orders/o1"),
-            attempt("k-valid", 201, n=2, sent=3.0, body={"id": "o1", "status": "Confirmed"},
-                    location="/api/orders/o1"),
+            attempt("k-valid", 201, sent=3.0, body={"id": "o1", "status": "Confirmed"},
+                    location="/api/orders/o1", replayed=True, copy="after"),
             attempt("k-declined", 402, sent=1.0, body={"type": "/problems/payment-declined", "order_id": "o2"},
                     location="/api/orders/o2"),
             attempt("k-stock", 422, sent=2.0, body={"type": "/problems/out-of-stock"}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from campaign.history import Intent
 from campaign.snapshot import DeadLetterRow, JobRow
 from tests.campaign.synthetic import (
     DEADLINE,
+    DECLINED,
     NO_STOCK,
     T0,
     VALID,
@@ -297,6 +299,83 @@ def test_a_dead_letter_just_after_the_ledger_went_away_or_after_it_came_back_is_
                                                                                              end: float) -> None:
     run = given_up_once_and_replayed()
     run["ledger_outages"] = [LedgerOutage(WALL0 + start, WALL0 + end, "#4 toxic_timeout payment")]
+    assert found(run) == []
+
+
+# -- keys sent twice --------------------------------------------------------------------------------
+
+CREATED = {"id": "o1", "status": "Confirmed"}
+IN_USE = {"type": "/problems/idempotency-key-in-use", "status": 409}
+
+
+def test_a_concurrent_copy_told_in_use_then_given_the_order_is_consistent() -> None:
+    run = clean_run()
+    run["intents"] = [replace(VALID, duplicate="concurrent"), *run["intents"][1:]]
+    run["attempts"] = [*[a for a in run["attempts"] if a.copy != "after"],
+                       attempt("k-valid", 409, sent=2.55, body=IN_USE, copy="concurrent"),
+                       attempt("k-valid", 201, n=1, sent=3.6, body=CREATED, location="/api/orders/o1",
+                               replayed=True, copy="concurrent")]
+    assert found(run) == []
+
+
+def test_a_copy_answered_with_another_order_breaks_idempotent_replay() -> None:
+    run = clean_run()
+    run = with_orders(run, order("o7", NO_STOCK, "Confirmed"))
+    run["ledger"] = [*run["ledger"], capture("o7")]
+    run["attempts"] = [*run["attempts"][:2], attempt("k-valid", 201, sent=3.0, body={"id": "o7"}, replayed=True,
+                                                      copy="after"), *run["attempts"][3:]]
+    violations = [v for v in found(run) if v.invariant == "idempotent-replay"]
+    assert [v.subject for v in violations] == ["k-valid"]
+    assert "the after copy was answered 201 ['o7'], the first request 201 ['o1']" in violations[0].message
+
+
+def test_a_copy_answered_422_for_a_key_that_made_an_order_breaks_idempotent_replay() -> None:
+    run = clean_run()
+    run["attempts"] = [*run["attempts"][:2], attempt("k-valid", 422, sent=3.0, body={"type": "/problems/out-of-stock"},
+                                                      copy="after"), *run["attempts"][3:]]
+    assert "idempotent-replay" in invariants(run)
+
+
+def test_a_copy_after_the_answer_without_the_replay_header_breaks_idempotent_replay() -> None:
+    run = clean_run()
+    run["attempts"] = [*run["attempts"][:2], attempt("k-valid", 201, sent=3.0, body=CREATED, copy="after"),
+                       *run["attempts"][3:]]
+    violations = [v for v in found(run) if v.invariant == "idempotent-replay"]
+    assert [v.subject for v in violations] == ["k-valid"]
+    assert "2 answers [201, 201] without Idempotent-Replayed" in violations[0].message
+    assert "without Idempotent-Replayed, not the stored 201 replayed" in violations[0].message
+
+
+def test_a_copy_of_a_declined_order_may_get_that_order_as_it_is_now() -> None:
+    # The 402 was not stored (the database failed after the order was): a replay of the order as it is now.
+    run = clean_run()
+    run["intents"] = [run["intents"][0], replace(DECLINED, duplicate="after"), run["intents"][2]]
+    run["attempts"] = [*run["attempts"], attempt("k-declined", 201, sent=1.5, body={"id": "o2"}, replayed=True,
+                                                 location="/api/orders/o2", copy="after")]
+    assert found(run) == []
+
+
+def test_a_copy_told_in_use_for_ever_breaks_idempotent_replay() -> None:
+    run = clean_run()
+    run["intents"] = [replace(VALID, duplicate="concurrent"), *run["intents"][1:]]
+    stuck = [attempt("k-valid", 409, n=n, sent=2.6 + 2 * n, body=IN_USE, copy="concurrent") for n in range(15)]
+    run["attempts"] = [*[a for a in run["attempts"] if a.copy != "after"], *stuck]
+    violations = [v for v in found(run) if v.invariant == "idempotent-replay"]
+    assert [v.subject for v in violations] == ["k-valid"]
+    assert "told in use for 28.2 s and never answered" in violations[0].message
+
+
+def test_a_503_of_one_copy_while_the_other_stored_the_order_proves_nothing() -> None:
+    # The first request (sent at 0.0) stored o1 at 0.1 s and answered 201; the copy, sent at 0.05 s, met a
+    # stalled database and said nothing was changed, which is true of its own request.
+    run = clean_run()
+    run["intents"] = [replace(VALID, duplicate="concurrent"), *run["intents"][1:]]
+    run = with_orders(run, order("o1", VALID, "Confirmed", created=0.1))
+    unavailable = {"type": "/problems/database-unavailable", "status": 503}
+    run["attempts"] = [attempt("k-valid", 201, elapsed=0.3, body=CREATED, location="/api/orders/o1"),
+                       attempt("k-valid", 503, sent=0.05, elapsed=2.0, body=unavailable, copy="concurrent"),
+                       attempt("k-valid", 201, n=1, sent=2.5, body=CREATED, replayed=True, copy="concurrent"),
+                       *run["attempts"][3:]]
     assert found(run) == []
 
 
