@@ -79,6 +79,10 @@ class Injector:
     def active(self) -> list[Applied]:
         return list(self._unhealed.values())
 
+    def is_on(self, fault: Fault) -> bool:
+        """Applied and not healed yet (a fault that could not be applied has nothing to heal)."""
+        return fault.id in self._unhealed
+
     # -- applying ------------------------------------------------------------------------------------
 
     def apply(self, fault: Fault) -> Applied:

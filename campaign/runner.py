@@ -262,7 +262,7 @@ def _run_schedule(schedule: tuple[Fault, ...], injector: Injector, clock: _Clock
                 record = injector.apply(fault)
                 outcome = f"failed: {record.error}" if record.error else (record.note or "on")
                 say(f"[{now:6.1f} s] + #{fault.id} {fault.describe()}: {outcome}")
-            elif injector.heal(fault):
+            elif injector.is_on(fault) and injector.heal(fault):
                 say(f"[{clock():6.1f} s] - #{fault.id} {fault.kind} {fault.target} healed")
         injector.retry_unhealed(now)
         if stack.process.poll() is not None:
