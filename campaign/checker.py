@@ -1,19 +1,21 @@
 """The invariants, checked after every fault has healed and the stack has settled.
 
-`check` is a pure function of what the run left behind: the history (intents and every answer), a snapshot
-of the database, the payment simulator's ledger and the circuits as the admin API shows them. Each
-violation carries the slice of evidence that shows it: the key's requests and answers, the order rows, the
-ledger entries, the jobs and dead letters of those orders.
+`check` is a pure function of what the run left behind: the history (intents, every answer, every replay of
+a dead letter), a snapshot of the database, the payment simulator's ledger, the circuits as the admin API
+shows them, and when the payment ledger could not be reached. Each violation carries the slice of evidence
+that shows it: the key's requests and answers, the order rows, the ledger entries, the jobs, dead letters
+and replays of those orders.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from .history import Attempt, Intent
-from .snapshot import OrderRow, Snapshot, row_json
+from .history import Attempt, Intent, Replay
+from .snapshot import DeadLetterRow, OrderRow, Snapshot, row_json
 
 INVARIANTS: dict[str, str] = {
     "one-key-one-order": "1. one key: at most one order and one capture; every answer names that order",
@@ -21,10 +23,32 @@ INVARIANTS: dict[str, str] = {
     "payment-outcome": "3. Confirmed with exactly one capture, or PaymentFailed with none; no charge without order",
     "no-500": "4. no HTTP 500",
     "settled": "5. every circuit closed; no payment job pending or running past its lease",
-    "dead-letters": "6. unreplayed dead letters match the orders given up (retries_exhausted, rejected)",
+    "dead-letters": "6. one unreplayed dead letter (the newest) per order given up, none for others; "
+                    "replayed ones replayed by the campaign, their orders moved on",
+    "ledger-decides": "7. no dead letter for an order the ledger held a capture of, nor while the ledger was "
+                      "unreachable",
+    "idempotent-replay": "8. a key sent twice gets one answer: the same order, replayed, in use only for a while",
     "time-bound": "no POST /api/orders longer than api.request_deadline + 1 s",
 }
 GIVEN_UP = ("retries_exhausted", "rejected")
+# A give-up asks the ledger (for at most 2 s) before it writes the dead letter, stamped just after: a capture
+# older than this was in the ledger when it was asked.
+LEDGER_MARGIN = 3.0
+# A dead letter stamped this soon after the ledger became unreachable may come from a lookup answered just
+# before.
+OUTAGE_MARGIN = 1.0
+
+
+@dataclass(frozen=True)
+class LedgerOutage:
+    """A span (unix seconds) in which no worker could read the payment ledger, and the fault that caused it."""
+
+    start: float
+    end: float
+    fault: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -43,8 +67,9 @@ class _Run:
     """The inputs, indexed the ways the checks look them up."""
 
     def __init__(self, intents: Iterable[Intent], attempts: Iterable[Attempt], snapshot: Snapshot,
-                 ledger: Sequence[dict[str, Any]]) -> None:
+                 ledger: Sequence[dict[str, Any]], replays: Iterable[Replay]) -> None:
         self.intents = {i.key: i for i in intents}
+        self.replays = sorted(replays, key=lambda r: r.sent)
         self.snapshot = snapshot
         self.ledger = list(ledger)
         self.attempts: dict[str, list[Attempt]] = {}
@@ -86,6 +111,7 @@ class _Run:
             "ledger": [entry for i in ids for entry in self.captures.get(i, [])],
             "jobs": [row_json(self.jobs[i]) for i in ids if i in self.jobs],
             "dead_letters": [row_json(d) for i in ids for d in self.dead_letters.get(i, [])],
+            "replays": [r.to_json() for r in self.replays if r.order_id in ids],
             **extra,
         }
 
@@ -98,9 +124,11 @@ def check(
     ledger: Sequence[dict[str, Any]],
     circuits: Sequence[dict[str, Any]] | None,
     request_deadline: float,
+    replays: Iterable[Replay],
+    ledger_outages: Sequence[LedgerOutage],
 ) -> list[Violation]:
     """Every violation of the invariants (`INVARIANTS`) the evidence shows; none for a clean run."""
-    run = _Run(intents, attempts, snapshot, ledger)
+    run = _Run(intents, attempts, snapshot, ledger, replays)
     return [
         *_one_key_one_order(run, request_deadline),
         *_told_orders_exist(run),
@@ -108,6 +136,9 @@ def check(
         *_no_500(run),
         *_settled(run, circuits),
         *_dead_letters(run),
+        *_replays(run),
+        *_ledger_decides(run, ledger_outages),
+        *_idempotent_replay(run, request_deadline),
         *_time_bound(run, request_deadline + 1.0),
     ]
 
@@ -145,18 +176,29 @@ def _one_key_one_order(run: _Run, request_deadline: float) -> Iterator[Violation
 def _nothing_changed_after_commit(attempts: list[Attempt], orders: list[OrderRow],
                                   request_deadline: float) -> Iterator[Attempt]:
     """503s that name no order, sent by the request that stored the key's order: it says nothing was changed
-    while an order row was committed. A 503 while an earlier request of the key could still be running
-    (it timed out on the client's side) proves nothing of the kind, and is skipped."""
+    while an order row was committed. A 503 while another request of the key could have stored it proves
+    nothing of the kind, and is skipped: an earlier one that timed out on the client's side (it may still
+    run), or the other copy of a key sent twice, in flight when the order was stored."""
     stored = [o.created_at.timestamp() for o in orders if o.created_at is not None]
     for attempt in attempts:
         if attempt.status != 503 or attempt.named_orders():
             continue
-        if not any(attempt.wall <= at <= attempt.answered_wall for at in stored):
+        during = [at for at in stored if attempt.wall <= at <= attempt.answered_wall]
+        if not during:
             continue
         overlapping = [b for b in attempts if b.sent < attempt.sent and b.status is None
                        and b.answered_wall + request_deadline + 1.0 > attempt.wall]
-        if not overlapping:
+        twins = [b for b in attempts if b.copy != attempt.copy
+                 and any(_in_flight(b, at, request_deadline) for at in during)]
+        if not overlapping and not twins:
             yield attempt
+
+
+def _in_flight(attempt: Attempt, at: float, request_deadline: float) -> bool:
+    """Whether the request may have been running at `at` (unix seconds): between its send and its answer, or
+    for as long as the API may run it when no answer came."""
+    end = attempt.answered_wall + (request_deadline + 1.0 if attempt.status is None else 0.5)
+    return attempt.wall - 0.5 <= at <= end
 
 
 def _told_orders_exist(run: _Run) -> Iterator[Violation]:
@@ -196,6 +238,10 @@ def _no_500(run: _Run) -> Iterator[Violation]:
         failed = [a.attempt for a in attempts if a.status == 500]
         if failed:
             yield Violation("no-500", key, f"HTTP 500 on attempt(s) {failed}", run.evidence(key=key))
+    for replay in run.replays:
+        if replay.status == 500:
+            yield Violation("no-500", f"dead letter {replay.dead_letter}", "HTTP 500 on its replay",
+                            run.evidence(order_ids=[replay.order_id]))
 
 
 def _settled(run: _Run, circuits: Sequence[dict[str, Any]] | None) -> Iterator[Violation]:
@@ -218,12 +264,18 @@ def _settled(run: _Run, circuits: Sequence[dict[str, Any]] | None) -> Iterator[V
 
 def _dead_letters(run: _Run) -> Iterator[Violation]:
     for order in run.snapshot.orders.values():
-        open_letters = [d for d in run.dead_letters.get(order.id, []) if d.replayed_at is None]
+        letters = sorted(run.dead_letters.get(order.id, []), key=lambda d: d.id)
+        open_letters = [d for d in letters if d.replayed_at is None]
         gave_up = order.status == "PaymentFailed" and order.failure_reason in GIVEN_UP
-        if gave_up and len(open_letters) != 1:
+        if gave_up and not open_letters and letters:
+            message = (f"PaymentFailed ({order.failure_reason}) again after dead letter {letters[-1].id} was "
+                       "replayed, without a new dead letter")
+        elif gave_up and len(open_letters) != 1:
             message = f"PaymentFailed ({order.failure_reason}) with {len(open_letters)} unreplayed dead letters"
         elif not gave_up and open_letters:
             message = f"{order.status} ({order.failure_reason}) has {len(open_letters)} unreplayed dead letter(s)"
+        elif open_letters and open_letters[-1] is not letters[-1]:
+            message = f"dead letter {open_letters[-1].id} unreplayed under a newer one, {letters[-1].id}, replayed"
         else:
             continue
         yield Violation("dead-letters", order.id, message, run.evidence(order_ids=[order.id]))
@@ -231,6 +283,120 @@ def _dead_letters(run: _Run) -> Iterator[Violation]:
         if order_id not in run.snapshot.orders:
             yield Violation("dead-letters", order_id, f"{len(letters)} dead letter(s) of an order not stored",
                             run.evidence(order_ids=[order_id]))
+
+
+def _replays(run: _Run) -> Iterator[Violation]:
+    """Each dead letter marked replayed was replayed by the campaign (the only client of the admin API), and
+    each replay the API accepted marked its dead letter."""
+    accepted = {r.dead_letter for r in run.replays if r.status == 202}
+    unanswered = {r.dead_letter for r in run.replays if r.status is None or r.status >= 500}
+    for letter in run.snapshot.dead_letters:
+        if letter.replayed_at is not None and letter.id not in accepted | unanswered:
+            message = f"dead letter {letter.id} marked replayed at {letter.replayed_at.isoformat()}, but never replayed"
+        elif letter.replayed_at is None and letter.id in accepted:
+            message = f"dead letter {letter.id}: its replay was accepted (202), yet it is not marked replayed"
+        else:
+            continue
+        yield Violation("dead-letters", letter.order_id, message, run.evidence(order_ids=[letter.order_id]))
+    for replay in run.replays:
+        if replay.status != 409 or not replay.problem_type().endswith("/dead-letter-already-replayed"):
+            continue
+        earlier = [r for r in run.replays if r.dead_letter == replay.dead_letter and r.sent < replay.sent
+                   and (r.status is None or r.status == 202 or r.status >= 500)]
+        if not earlier:
+            yield Violation("dead-letters", replay.order_id,
+                            f"dead letter {replay.dead_letter}: its first replay was answered 409 already replayed",
+                            run.evidence(order_ids=[replay.order_id]))
+
+
+def _ledger_decides(run: _Run, outages: Sequence[LedgerOutage]) -> Iterator[Violation]:
+    """A give-up asks the ledger first: no dead letter for an order it held a capture of, and no dead letter
+    while it could not be asked (the job waits and asks again)."""
+    for letter in run.snapshot.dead_letters:
+        if letter.dead_lettered_at is None:
+            continue
+        at = letter.dead_lettered_at.timestamp()
+        stamped = letter.dead_lettered_at.isoformat()
+        for entry in run.captures.get(letter.order_id, []):
+            captured = _unix(entry.get("captured_at"))
+            if captured is not None and captured < at - LEDGER_MARGIN:
+                yield _letter_violation(run, letter, f"dead letter {letter.id} written at {stamped} although the "
+                                        f"ledger held capture {entry.get('id')} since {entry.get('captured_at')}")
+                break
+        for outage in outages:
+            if outage.start + OUTAGE_MARGIN < at < outage.end:
+                yield _letter_violation(run, letter, f"dead letter {letter.id} written at {stamped}, while the "
+                                        f"payment ledger could not be reached ({outage.fault})",
+                                        outage=outage.to_json())
+                break
+
+
+def _letter_violation(run: _Run, letter: DeadLetterRow, message: str, **extra: Any) -> Violation:
+    return Violation("ledger-decides", letter.order_id, message, run.evidence(order_ids=[letter.order_id], **extra))
+
+
+def _unix(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _idempotent_replay(run: _Run, request_deadline: float) -> Iterator[Violation]:
+    """Keys sent twice on purpose: the copy gets the key's one answer. After a stored answer, that answer
+    replayed (`Idempotent-Replayed: true`; or, if the first stored no response, the order as it is now, 201);
+    while the first runs, 409 in use, then the same. Whatever the timing, one fresh answer at most."""
+    for key in sorted(run.intents):
+        attempts = run.attempts.get(key, [])
+        problems = []
+        fresh = [a for a in attempts if a.status in (201, 402) and not a.replayed]
+        if len(fresh) > 1:
+            problems.append(f"{len(fresh)} answers {[a.status for a in fresh]} without Idempotent-Replayed")
+        first = _final([a for a in attempts if not a.copy])
+        for copy in sorted({a.copy for a in attempts if a.copy}):
+            mine = [a for a in attempts if a.copy == copy]
+            stuck = _in_use_for(mine)
+            if stuck > 2 * (request_deadline + 1.0):
+                problems.append(f"the {copy} copy was told in use for {stuck:.1f} s and never answered")
+            last = _final(mine)
+            if first is None or last is None:
+                continue
+            if last.named_orders() != first.named_orders() or (first.status == 422) != (last.status == 422):
+                problems.append(f"the {copy} copy was answered {last.status} {sorted(last.named_orders())}, the "
+                                f"first request {first.status} {sorted(first.named_orders())}")
+            elif copy == "after" and first.named_orders() and (not last.replayed
+                                                                  or last.status not in (first.status, 201)):
+                problems.append(f"the copy sent after the answer got {last.status}"
+                                f"{'' if last.replayed else ' without Idempotent-Replayed'}, not the stored "
+                                f"{first.status} replayed")
+        if problems:
+            yield Violation("idempotent-replay", key, "; ".join(problems), run.evidence(key=key))
+
+
+def _final(attempts: list[Attempt]) -> Attempt | None:
+    """The answer retrying could not change, if the requests got one."""
+    if not attempts:
+        return None
+    last = attempts[-1]
+    unanswered = last.status is None or last.status >= 500 or last.status == 429 or _in_use(last)
+    return None if unanswered else last
+
+
+def _in_use(attempt: Attempt) -> bool:
+    return attempt.status == 409 and attempt.problem_type().endswith("/idempotency-key-in-use")
+
+
+def _in_use_for(attempts: list[Attempt]) -> float:
+    """Seconds the last answers of these requests said in use, when those were their last answers."""
+    streak = []
+    for attempt in reversed(attempts):
+        if not _in_use(attempt):
+            break
+        streak.append(attempt)
+    return streak[0].answered_wall - streak[-1].wall if streak else 0.0
 
 
 def _time_bound(run: _Run, bound: float) -> Iterator[Violation]:

@@ -3,6 +3,10 @@ a connection error, a 5xx, a 429 or a 409 `idempotency-key-in-use`, with backoff
 
 Every intent's body is unique (its own customer id, or for the always-declined customer 402 its own lines),
 so the checker can find the orders of a key in the database even when no answer ever named them.
+
+A few intents are sent twice on purpose, as a double-clicking user or a client that lost the answer would:
+once more after the answer, or a second time while the first request is still in flight. Each copy is seen
+through to an answer of its own, like the original.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ BACKOFF_BASE = 0.25
 BACKOFF_MAX = 4.0
 CONNECT_TIMEOUT = 3.0
 MAX_BODY_TEXT = 2000
+DUPLICATE_AFTER = 0.05  # the share of intents sent again once answered
+DUPLICATE_CONCURRENT = 0.05  # the share sent a second time while the first request runs
+CONCURRENT_DELAY = (0.0, 0.15)  # seconds between the two concurrent sends
 
 
 def retryable(attempt: Attempt) -> bool:
@@ -49,7 +56,10 @@ def make_intent(rng: random.Random, *, seed: int, client: int, number: int, star
             kind = "out_of_stock"
             lines.insert(rng.randint(0, len(lines)), (OUT_OF_STOCK_PRODUCT, rng.randint(1, 3)))
     body = {"customer_id": customer, "lines": [{"product_id": p, "quantity": q} for p, q in lines], "currency": "USD"}
-    return Intent(f"campaign-{seed}-c{client}-{number}", client, kind, body, started)
+    roll = rng.random()
+    duplicate = "after" if roll < DUPLICATE_AFTER else "concurrent" if roll < DUPLICATE_AFTER + DUPLICATE_CONCURRENT \
+        else ""
+    return Intent(f"campaign-{seed}-c{client}-{number}", client, kind, body, started, duplicate)
 
 
 class Client(threading.Thread):
@@ -97,34 +107,60 @@ class Client(threading.Thread):
         self.busy = True
         try:
             self.history.add_intent(intent)
-            self.pursue(intent)
+            self.see_through(intent)
         finally:
             self.busy = False
         return intent
 
-    def pursue(self, intent: Intent) -> None:
+    def see_through(self, intent: Intent) -> None:
+        """The intent until answered, and its copy if it is one to send twice."""
+        if intent.duplicate == "concurrent":
+            self.pursue_twice(intent)
+            return
+        last = self.pursue(intent)
+        if intent.duplicate == "after" and not retryable(last):
+            self.pursue(intent, copy="after")
+
+    def pursue_twice(self, intent: Intent) -> None:
+        """The intent and its copy at once, the copy a moment later, each retried until answered."""
+        rng = random.Random(f"orderflow-campaign/{self.seed}/client/{self.index}/{intent.key}")
+        delay = rng.uniform(*CONCURRENT_DELAY)
+
+        def copy() -> None:
+            if not self.abort.wait(delay):
+                self.pursue(intent, copy="concurrent", rng=rng)
+
+        twin = threading.Thread(target=copy, name=f"{self.name}-copy", daemon=True)
+        twin.start()
+        self.pursue(intent)
+        twin.join(timeout=self.give_up_after + self.read_timeout + CONNECT_TIMEOUT + BACKOFF_MAX)
+
+    def pursue(self, intent: Intent, *, copy: str = "", rng: random.Random | None = None) -> Attempt:
+        """Sends the intent until an answer that retrying cannot change, or until the settle bound; returns the
+        last attempt."""
+        rng = rng or self.rng
         number = 0
         while True:
-            attempt = self.send(intent, number)
+            attempt = self.send(intent, number, copy=copy)
             self.history.add_attempt(attempt)
             if not retryable(attempt):
-                return
+                return attempt
             if self.clock() - intent.started > self.give_up_after or self.abort.is_set():
                 self.history.give_up(intent.key)
-                return
-            delay = self.rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**number)) + 0.1
+                return attempt
+            delay = rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**number)) + 0.1
             if attempt.retry_after is not None:
                 delay = max(delay, min(attempt.retry_after, BACKOFF_MAX))
             if self.abort.wait(delay):
                 self.history.give_up(intent.key)
-                return
+                return attempt
             number += 1
 
-    def send(self, intent: Intent, number: int) -> Attempt:
+    def send(self, intent: Intent, number: int, *, copy: str = "") -> Attempt:
         sent, wall = self.clock(), time.time()
         started = time.monotonic()
         common: dict[str, Any] = {"key": intent.key, "client": self.index, "attempt": number, "sent": round(sent, 3),
-                                  "wall": wall, "phase": self.phase()}
+                                  "wall": wall, "phase": self.phase(), "copy": copy}
         try:
             # A fresh connection each time, so the requests spread over the API's processes (a kept-alive one
             # would stay with one) and a killed process costs only the requests it was serving.

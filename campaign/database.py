@@ -71,7 +71,8 @@ def read_snapshot(engine: Engine) -> Snapshot:
             for row in conn.execute(select(payment_jobs))
         )
         letters = tuple(
-            DeadLetterRow(row.id, row.order_id, row.attempts, row.last_error, _utc(row.replayed_at))
+            DeadLetterRow(row.id, row.order_id, row.attempts, row.last_error, _utc(row.replayed_at),
+                          _utc(row.dead_lettered_at))
             for row in conn.execute(select(dead_letters).order_by(dead_letters.c.id))
         )
     return Snapshot(taken_at, found, jobs, letters)
@@ -140,6 +141,44 @@ class WriteLockStall:
                 conn.rollback()
         finally:
             engine.dispose()
+
+
+class WriteLockStorm:
+    """SQLite's connection storm: the write lock taken for each of `stalls` seconds in turn, `pause` seconds
+    apart, until stopped. Each stall is one short outage; some outlast the API's 2 s wait for the database."""
+
+    def __init__(self, db: Database, *, stalls: list[float], pause: float) -> None:
+        self.path = str(make_url(db.url).database)
+        self.stalls = list(stalls)
+        self.pause = pause
+        self.taken = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="campaign-db-storm", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        for stall in self.stalls:
+            if self._stop.is_set():
+                return
+            try:
+                conn = sqlite3.connect(self.path, timeout=2, isolation_level=None)
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self.taken += 1
+                    self._stop.wait(stall)
+                    conn.execute("ROLLBACK")
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:  # the stack held the lock for 2 s: this stall is skipped
+                self.error = f"{type(exc).__name__}: {exc}"
+            self._stop.wait(self.pause)
 
 
 class BackendKiller:

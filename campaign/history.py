@@ -19,6 +19,8 @@ class Intent:
     kind: str  # valid | declined | out_of_stock
     body: dict[str, Any]
     started: float  # seconds since the campaign started
+    # Sent twice on purpose: "after" the first answer, or "concurrent" while the first request is in flight.
+    duplicate: str = ""
 
     @property
     def signature(self) -> tuple[int, tuple[tuple[int, int], ...]]:
@@ -47,6 +49,7 @@ class Attempt:
     retry_after: float | None = None
     error: str | None = None
     phase: str = "faults"  # faults | settle
+    copy: str = ""  # "" for the intent's own requests; "after" or "concurrent" for those of its duplicate
 
     @property
     def answered_wall(self) -> float:
@@ -79,6 +82,29 @@ class Attempt:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Replay:
+    """One POST /admin/dead-letters/{id}/replay and what came back."""
+
+    dead_letter: int
+    order_id: str
+    origin: str  # the scheduled action ("#12") or "final", the replay after everything healed
+    sent: float  # seconds since the campaign started
+    wall: float
+    elapsed: float
+    status: int | None
+    body: Any = None
+    error: str | None = None
+
+    def problem_type(self) -> str:
+        if isinstance(self.body, dict) and isinstance(self.body.get("type"), str):
+            return str(self.body["type"])
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class History:
     """Appended to by every client thread; read once they have all stopped."""
@@ -86,6 +112,7 @@ class History:
     intents: dict[str, Intent] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     gave_up: set[str] = field(default_factory=set)
+    replays: list[Replay] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_intent(self, intent: Intent) -> None:
@@ -96,6 +123,10 @@ class History:
         with self._lock:
             self.attempts.append(attempt)
 
+    def add_replay(self, replay: Replay) -> None:
+        with self._lock:
+            self.replays.append(replay)
+
     def give_up(self, key: str) -> None:
         with self._lock:
             self.gave_up.add(key)
@@ -104,10 +135,15 @@ class History:
         with self._lock:
             return list(self.intents.values()), list(self.attempts)
 
+    def replayed(self) -> list[Replay]:
+        with self._lock:
+            return list(self.replays)
+
     def to_json(self) -> dict[str, Any]:
         intents, attempts = self.snapshot()
         return {
             "intents": [asdict(i) for i in intents],
             "attempts": [a.to_json() for a in attempts],
             "gave_up": sorted(self.gave_up),
+            "replays": [r.to_json() for r in self.replayed()],
         }

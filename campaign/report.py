@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ def summary(result: Result) -> str:
     out("")
     out(f"== campaign seed {options.seed}: {options.duration:g} s of faults, {options.clients} clients, "
         f"{result.database} ({result.database_note}), code at {result.commit}")
+    if result.policy is not None:
+        out(f"   policy {result.policy.describe()}")
 
     out("")
     out(f"{'faults injected':<28}{'scheduled':>10}{'applied':>9}{'failed':>8}")
@@ -34,6 +37,8 @@ def summary(result: Result) -> str:
             out(f"  #{record.fault.id} {record.fault.describe()}: {record.error}")
     for problem in result.unhealed:
         out(f"  not healed: {problem}")
+    for outage in result.ledger_outages:
+        out(f"  payment ledger unreachable for {outage.end - outage.start:5.1f} s: {outage.fault}")
 
     intents, attempts = result.history.snapshot()
     out("")
@@ -47,12 +52,24 @@ def summary(result: Result) -> str:
         + f"; replayed {sum(1 for a in attempts if a.replayed)}")
     final = _final_answers(attempts)
     out("  final answer per key: " + ", ".join(f"{k} x{v}" for k, v in sorted(final.items())))
+    for copy in ("after", "concurrent"):
+        sent = [i for i in intents if i.duplicate == copy]
+        answers = Counter(_answer(a) for a in attempts if a.copy == copy)
+        out(f"  sent twice ({copy})  {len(sent)} keys; their copies' requests: "
+            + (", ".join(f"{k} x{v}" for k, v in sorted(answers.items())) or "none"))
+    replays = result.history.replayed()
+    replay_answers = Counter(_answer(r) for r in replays)
+    out(f"  dead-letter replays  {len({r.dead_letter for r in replays})} letters, {len(replays)} requests: "
+        + (", ".join(f"{k} x{v}" for k, v in sorted(replay_answers.items())) or "none")
+        + (f"; after healing: {result.final_replay}" if result.final_replay else ""))
     if result.snapshot is not None:
         states = Counter(o.status + (f"/{o.failure_reason}" if o.failure_reason else "")
                          for o in result.snapshot.orders.values())
         out(f"  orders in the database  {len(result.snapshot.orders)}: "
             + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
-        out(f"  dead letters {len(result.snapshot.dead_letters)}; captures in the ledger {len(result.ledger)}")
+        replayed = sum(1 for d in result.snapshot.dead_letters if d.replayed_at is not None)
+        out(f"  dead letters {len(result.snapshot.dead_letters)} ({replayed} replayed); captures in the ledger "
+            f"{len(result.ledger)}")
     circuits = ", ".join(f"{c['name']} {c['state']}" for c in result.circuits or []) or "unread"
     out(f"  circuits at the end: {circuits}")
     settle = f"settled in {result.settled_after:.1f} s" if result.settled_after is not None else "did NOT settle"
@@ -77,6 +94,14 @@ def summary(result: Result) -> str:
     return "\n".join(lines)
 
 
+def _answer(call: Any) -> str:
+    if call.status is None:
+        return "error"
+    problem = call.problem_type().rsplit("/", 1)[-1]
+    return f"{call.status}{' ' + problem if call.status == 409 and problem else ''}" + (
+        " replayed" if getattr(call, "replayed", False) else "")
+
+
 def _final_answers(attempts: list[Any]) -> Counter[str]:
     last: dict[str, Any] = {}
     for attempt in attempts:
@@ -98,7 +123,7 @@ def evidence_lines(violation: Violation) -> list[str]:
             shown = json.dumps(keep, sort_keys=True)
         else:
             shown = repr(body)[:120] if body is not None else ""
-        flags = " replayed" if a["replayed"] else ""
+        flags = (" replayed" if a["replayed"] else "") + (f" [{a['copy']} copy]" if a.get("copy") else "")
         answer = a["status"] if a["status"] is not None else f"no answer: {a['error']}"
         lines.append(f"  +{a['sent']:8.3f} s  attempt {a['attempt']:<2} {a['elapsed']:6.2f} s  {answer}{flags}"
                      f"{'  Location ' + a['location'] if a['location'] else ''}  {shown}")
@@ -113,8 +138,15 @@ def evidence_lines(violation: Violation) -> list[str]:
         lines.append(f"  payment job of {j['order_id']}: {j['state']}, {j['retries']} retries, "
                      f"due {j['next_attempt_at']}, lease {j['lease_until']}")
     for d in evidence.get("dead_letters", []):
-        lines.append(f"  dead letter {d['id']} of {d['order_id']}: attempts {d['attempts']}, "
-                     f"replayed {d['replayed_at']}, last error {str(d['last_error'])[:100]}")
+        lines.append(f"  dead letter {d['id']} of {d['order_id']}: attempts {d['attempts']}, written "
+                     f"{d.get('dead_lettered_at')}, replayed {d['replayed_at']}, "
+                     f"last error {str(d['last_error'])[:100]}")
+    for r in evidence.get("replays", []):
+        answer = r["status"] if r["status"] is not None else f"no answer: {r['error']}"
+        lines.append(f"  +{r['sent']:8.3f} s  replay of dead letter {r['dead_letter']} ({r['origin']}) "
+                     f"{r['elapsed']:6.2f} s  {answer}")
+    if "outage" in evidence:
+        lines.append(f"  ledger unreachable {json.dumps(evidence['outage'], sort_keys=True)}")
     if "circuit" in evidence:
         lines.append(f"  circuit {json.dumps(evidence['circuit'], sort_keys=True)}")
     return lines
@@ -137,6 +169,9 @@ def to_json(result: Result) -> dict[str, Any]:
         "faults": [r.to_json() for r in result.applied],
         "fault_counts": dict(Counter(r.fault.kind for r in result.applied if r.applied_at is not None)),
         "unhealed": result.unhealed,
+        "policy": {**asdict(result.policy), "text": result.policy.toml()} if result.policy is not None else None,
+        "final_replay": result.final_replay,
+        "ledger_outages": [o.to_json() for o in result.ledger_outages],
         "settled_after": result.settled_after,
         "violation_counts": dict(Counter(v.invariant for v in result.violations)),
         "violations": [v.to_json() for v in result.violations],

@@ -19,30 +19,16 @@ from app.policies import load_policies
 from bench.environment import ROOT, Database, RedisTarget, commit
 from bench.stack import BenchStack, running_stack
 
-from .checker import Violation, check
+from .checker import LedgerOutage, Violation, check
 from .clients import Client
 from .database import campaign_database, kind_of, read_snapshot, reader, unsettled
-from .faults import Applied, Injector
+from .faults import Applied, Injector, ledger_outages
 from .history import History
+from .policies import Policy, policy_for
 from .redis_server import RedisServer
 from .schedule import Fault, make_schedule
 from .snapshot import Snapshot
 
-# Short breaks and job backoffs, so that whatever the faults opened closes, and every payment job ends
-# (confirmed or dead-lettered), well within the settle bound. Everything else keeps the contract's defaults.
-POLICIES = """\
-# Written by `make campaign`: the defaults, with short circuit breaks and job backoffs so that every fault
-# settles within a bounded time.
-[dependencies.payment]
-circuit_breaker = { break_duration = 3.0 }
-
-[dependencies.inventory]
-circuit_breaker = { break_duration = 3.0 }
-
-[jobs.payment]
-attempt_timeout = 5.0
-backoff_max = 2.0
-"""
 PROGRESS_EVERY = 5.0
 QUIET_CHECKS = 2  # settled is when this many checks in a row, a second apart, find nothing moving
 
@@ -67,6 +53,9 @@ class Result:
     schedule: tuple[Fault, ...]
     applied: list[Applied]
     history: History
+    policy: Policy | None = None
+    final_replay: str = ""  # what the replay of every dead letter after healing did
+    ledger_outages: list[LedgerOutage] = field(default_factory=list)
     snapshot: Snapshot | None = None
     ledger: list[dict[str, Any]] = field(default_factory=list)
     circuits: list[dict[str, Any]] | None = None
@@ -95,17 +84,19 @@ def run(options: Options, *, on_result: Callable[[Result], None]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     database = "postgresql" if options.database_url and not options.database_url.startswith("sqlite") else "sqlite"
     schedule = make_schedule(options.seed, options.duration, database=database)
+    policy = policy_for(options.seed)
     run_dir = ROOT / "var" / "campaign" / f"{options.seed}-{database}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     policy_file = run_dir / "resilience.toml"
-    policy_file.write_text(POLICIES)
+    policy_file.write_text(policy.toml())
     request_deadline = load_policies(policy_file).api.request_deadline
-    _header(options, database, schedule, policy_file)
+    _header(options, database, schedule, policy, policy_file)
     try:
         with ExitStack() as resources:
             try:
-                return _campaign(options, schedule, run_dir, policy_file, request_deadline, resources, on_result)
+                return _campaign(options, schedule, policy, run_dir, policy_file, request_deadline, resources,
+                                 on_result)
             except KeyboardInterrupt:
                 # A second Ctrl-C must not cut the teardown short: it is what stops the stack.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -120,19 +111,19 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _header(options: Options, database: str, schedule: tuple[Fault, ...], policy_file: Path) -> None:
+def _header(options: Options, database: str, schedule: tuple[Fault, ...], policy: Policy,
+            policy_file: Path) -> None:
     say(f"campaign seed {options.seed}: {options.duration:g} s of faults, {options.clients} clients, "
         f"{database}, settle bound {options.settle:g} s")
     say(f"replay: {replay_command(options)}")
-    say(f"policies: {policy_file} (the defaults, with circuit break_duration 3 s, jobs.payment attempt_timeout "
-        f"5 s and backoff_max 2 s, so that everything settles within the bound)")
+    say(f"policies: {policy_file}, the defaults but {policy.describe()}")
     say(f"schedule ({len(schedule)} faults):")
     for fault in schedule:
         hold = f"held {fault.hold:5.2f} s" if fault.hold else "instant"
         say(f"  +{fault.at:7.2f} s  {hold}  #{fault.id} {fault.describe()}")
 
 
-def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, policy_file: Path,
+def _campaign(options: Options, schedule: tuple[Fault, ...], policy: Policy, run_dir: Path, policy_file: Path,
               request_deadline: float, resources: ExitStack, on_result: Callable[[Result], None]) -> int:
     redis_server = RedisServer(run_dir / "redis")
     resources.callback(redis_server.stop)
@@ -154,13 +145,14 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
         return 2
     say(f"stack ready: API {stack.api}, log {stack.log}")
     clock = _Clock()
-    injector = Injector(stack, redis_server, db, application_name=application_name, clock=clock)
+    history = History()
+    injector = Injector(stack, redis_server, db, application_name=application_name, clock=clock, history=history,
+                        say=say)
     resources.callback(injector.close)
     engine = reader(db)
     resources.callback(engine.dispose)
-    history = History()
     result = Result(options, kind_of(db), db.note, commit(), replay_command(options), schedule,
-                    injector.records, history, stack_log=str(stack.log), request_deadline=request_deadline)
+                    injector.records, history, policy, stack_log=str(stack.log), request_deadline=request_deadline)
     abort = threading.Event()
     resources.callback(abort.set)
     phase = ["faults"]
@@ -176,6 +168,8 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
         result.unhealed = injector.heal_everything()
         for problem in result.unhealed:
             say(f"  could not heal: {problem}")
+        result.final_replay = _final_replay(injector)
+        say(f"[{clock():6.1f} s] every dead letter replayed: {result.final_replay}")
         result.settled_after, still_moving = _settle(stack, injector, engine, clients, clock, options.settle)
     abort.set()
     clients.join(timeout=request_deadline + 10)
@@ -190,14 +184,26 @@ def _campaign(options: Options, schedule: tuple[Fault, ...], run_dir: Path, poli
     result.ledger = _ledger(stack)
     result.circuits = injector.circuits()
     intents, attempts = history.snapshot()
+    result.ledger_outages = ledger_outages(injector.records)
     result.violations = check(intents=intents, attempts=attempts, snapshot=result.snapshot, ledger=result.ledger,
-                              circuits=result.circuits, request_deadline=request_deadline)
+                              circuits=result.circuits, request_deadline=request_deadline,
+                              replays=history.replayed(), ledger_outages=result.ledger_outages)
     if result.settled_after is None:
         result.violations.insert(0, Violation("settled", "settle bound",
                                               f"still moving after the settle bound of {options.settle:g} s: "
                                               f"{still_moving}"))
     on_result(result)
     return 1 if result.violations else 0
+
+
+def _final_replay(injector: Injector) -> str:
+    """Every dead letter replayed once the faults are healed (after a scheduled replay still running), so the
+    last replayed jobs run before the stack settles."""
+    injector.finish_replaying()
+    try:
+        return injector.replay_dead_letters("final")
+    except Exception as exc:  # reported; the checker still sees whatever was replayed
+        return f"failed: {type(exc).__name__}: {str(exc)[:300]}"
 
 
 class _Clock:
@@ -256,7 +262,7 @@ def _run_schedule(schedule: tuple[Fault, ...], injector: Injector, clock: _Clock
                 record = injector.apply(fault)
                 outcome = f"failed: {record.error}" if record.error else (record.note or "on")
                 say(f"[{now:6.1f} s] + #{fault.id} {fault.describe()}: {outcome}")
-            elif injector.heal(fault):
+            elif injector.is_on(fault) and injector.heal(fault):
                 say(f"[{clock():6.1f} s] - #{fault.id} {fault.kind} {fault.target} healed")
         injector.retry_unhealed(now)
         if stack.process.poll() is not None:

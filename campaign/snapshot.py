@@ -43,6 +43,7 @@ class DeadLetterRow:
     attempts: int = 0
     last_error: str | None = None
     replayed_at: datetime | None = None
+    dead_lettered_at: datetime | None = None
 
 
 @dataclass(frozen=True)

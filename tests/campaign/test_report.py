@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from campaign.checker import check
+from campaign.checker import LedgerOutage, check
 from campaign.faults import Applied
 from campaign.history import History
+from campaign.policies import policy_for
 from campaign.report import summary, write_json
 from campaign.runner import Options, Result, replay_command
 from campaign.schedule import make_schedule
 from campaign.snapshot import JobRow
-from tests.campaign.synthetic import VALID, capture, clean_run, order, with_orders
+from tests.campaign.synthetic import VALID, WALL0, attempt, capture, clean_run, letter, order, replay, with_orders
 
 
 def result_with_a_double_order() -> Result:
@@ -22,8 +23,8 @@ def result_with_a_double_order() -> Result:
     history = History()
     for intent in run["intents"]:
         history.add_intent(intent)
-    for attempt in run["attempts"]:
-        history.add_attempt(attempt)
+    for made in run["attempts"]:
+        history.add_attempt(made)
     options = Options(seed=7, duration=60, clients=2, settle=90, json_path=None,
                       database_url="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     schedule = make_schedule(7, 60, database="postgresql")
@@ -53,3 +54,50 @@ def test_the_json_report_holds_schedule_history_snapshot_and_violations(tmp_path
     assert report["violation_counts"] == {"one-key-one-order": 1}
     assert {o["id"] for o in report["snapshot"]["orders"]} == {"o1", "o2", "o9"}
     assert len(report["history"]["attempts"]) == 5 and len(report["ledger"]) == 2
+
+
+def result_with_a_dead_letter_charged() -> Result:
+    """o1 captured at 10 s, dead-lettered at 20 s while the ledger was unreachable, replayed, confirmed; its
+    key sent again after the answer."""
+    run = with_orders(clean_run(), dead_letters=(letter(1, "o1", written=20.0, replayed=30.0),))
+    run["ledger"] = [capture("o1", at=10.0)]
+    run["replays"] = [replay(1, "o1", 202)]
+    run["ledger_outages"] = [LedgerOutage(WALL0 + 15.0, WALL0 + 25.0, "#4 proxy_disabled payment")]
+    run["attempts"] = [*run["attempts"][:2], attempt("k-valid", 201, sent=3.0, body={"id": "o1"}, replayed=True,
+                                                      copy="after"), *run["attempts"][3:]]
+    history = History()
+    for intent in run["intents"]:
+        history.add_intent(intent)
+    for made in run["attempts"]:
+        history.add_attempt(made)
+    for sent in run["replays"]:
+        history.add_replay(sent)
+    options = Options(seed=7, duration=60, clients=2, settle=90, json_path=None, database_url=None)
+    return Result(options, "sqlite", "SQLite", "abc123", replay_command(options), (), [], history,
+                  policy_for(7), final_replay="0 of 0 dead letters replayed", ledger_outages=run["ledger_outages"],
+                  snapshot=run["snapshot"], ledger=run["ledger"], circuits=run["circuits"],
+                  violations=check(**run), settled_after=1.0)
+
+
+def test_the_summary_shows_the_policy_the_copies_the_replays_and_the_ledger_outages() -> None:
+    text = summary(result_with_a_dead_letter_charged())
+    assert "policy give-up" in text and "max_retries" in text
+    assert "payment ledger unreachable for  10.0 s: #4 proxy_disabled payment" in text
+    assert "sent twice (after)  1 keys; their copies' requests: 201 replayed x1" in text
+    assert "dead-letter replays  1 letters, 1 requests: 202 x1; after healing: 0 of 0" in text
+    assert "dead letters 1 (1 replayed)" in text
+    # Both ledger violations, each with the dead letter, its replay and the copy's request.
+    assert text.count("[ledger-decides] o1") == 2
+    assert "replay of dead letter 1 (#9)" in text and "[after copy]" in text
+    assert "ledger unreachable {" in text
+
+
+def test_the_json_report_holds_the_policy_the_replays_and_the_outages(tmp_path: Path) -> None:
+    path = tmp_path / "7.json"
+    write_json(result_with_a_dead_letter_charged(), path)
+    report = json.loads(path.read_text())
+    assert report["policy"]["name"] == "give-up" and "[jobs.payment]" in report["policy"]["text"]
+    assert report["history"]["replays"][0]["status"] == 202
+    assert report["ledger_outages"][0]["fault"] == "#4 proxy_disabled payment"
+    assert report["violation_counts"] == {"ledger-decides": 2}
+    assert report["snapshot"]["dead_letters"][0]["dead_lettered_at"].startswith("2025-01-01T12:00:20")
