@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from app.forks import on_fork
 from app.logs import name_thread
 from app.services.outbox_relay import DEFAULT_REPUBLISH_AFTER, OutboxRelay, RelayPass
 
@@ -18,8 +18,13 @@ log = logging.getLogger("orderflow.relay")
 # transaction leaves the child believing another connection of its own holds the lock, and every write it
 # tries is "database is locked" for good. So forks wait until no transaction of this process is open.
 FORK_GUARD = threading.Lock()
-os.register_at_fork(before=FORK_GUARD.acquire, after_in_parent=FORK_GUARD.release,
-                    after_in_child=FORK_GUARD.release)
+
+
+def _wait_for_open_transactions() -> None:
+    FORK_GUARD.acquire()
+
+
+on_fork(before=_wait_for_open_transactions, after_in_parent=FORK_GUARD.release, after_in_child=FORK_GUARD.release)
 
 
 @contextmanager

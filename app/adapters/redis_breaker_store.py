@@ -41,6 +41,7 @@ from redis.connection import AbstractConnection, Encoder, PythonRespSerializer
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from app.forks import on_fork
 from app.resilience import (
     ADMIT,
     CLOSED,
@@ -664,5 +665,4 @@ def _after_fork_in_child() -> None:
         store._per_thread = _ThreadState()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+on_fork(after_in_child=_after_fork_in_child)

@@ -39,6 +39,8 @@ import requests
 import urllib3
 from requests.structures import CaseInsensitiveDict
 
+from app.forks import on_fork
+
 from .connection import Attempt, DeadlineAdapter, IncompleteHead, MalformedHead, current, forget_connections
 from .watchdog import Watchdog, default_watchdog
 
@@ -300,7 +302,7 @@ def _register_fork_hook() -> None:
     global _fork_hook_registered
     if not _fork_hook_registered:
         _fork_hook_registered = True
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        on_fork(after_in_child=_after_fork_in_child)
 
 
 def _after_fork_in_child() -> None:

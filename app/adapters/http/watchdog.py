@@ -26,6 +26,8 @@ import time
 import weakref
 from collections.abc import Callable
 
+from app.forks import on_fork
+
 __all__ = ["WatchHandle", "Watchdog", "default_watchdog"]
 
 logger = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ def _track_for_fork(watchdog: Watchdog) -> None:
     _instances.add(watchdog)
     if not _fork_hook_registered:
         _fork_hook_registered = True
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        on_fork(after_in_child=_after_fork_in_child)
 
 
 def _after_fork_in_child() -> None:
