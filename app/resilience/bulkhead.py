@@ -27,13 +27,17 @@ class Bulkhead:
         max_queue: int = 0,
         name: str = "",
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[threading.Condition, float], bool] = threading.Condition.wait,
     ) -> None:
+        """`clock` tells the time deadlines are on, `wait(freed, seconds)` waits for a freed slot: a real
+        wait unless told otherwise (a test moves a fake clock instead)."""
         if max_concurrency < 1 or max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
         self.name = name
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self._clock = clock
+        self._wait = wait
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
         self._active = 0
@@ -63,7 +67,7 @@ class Bulkhead:
                         self._freed.wait()
                         continue
                     remaining = deadline - self._clock()
-                    if remaining <= 0 or not self._freed.wait(remaining):
+                    if remaining <= 0 or not self._wait(self._freed, remaining):
                         if self._active < self.max_concurrency:
                             break
                         return False

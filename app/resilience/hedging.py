@@ -16,14 +16,41 @@ from collections.abc import Callable
 from .retry import Outcome
 
 Thunk = Callable[[], Outcome]
+Answers = queue.SimpleQueue[Outcome]
+
+
+def launch_in_thread(thunk: Thunk, answers: Answers) -> None:
+    """Run an attempt on a thread of its own; its outcome goes to `answers`."""
+    # Daemon threads: an abandoned attempt must never keep the process from exiting.
+    threading.Thread(target=lambda: answers.put(thunk()), name="hedged-attempt", daemon=True).start()
+
+
+def receive_waiting(answers: Answers, timeout: float) -> Outcome | None:
+    """The next outcome, waiting at most `timeout` seconds; None when none came."""
+    try:
+        return answers.get(timeout=timeout)
+    except queue.Empty:
+        return None
 
 
 class HedgingPolicy:
-    def __init__(self, *, max_hedged_attempts: int = 1, delay: float = 0.5) -> None:
+    """`launch` starts an attempt and `receive` waits for the next outcome: threads and a real wait unless
+    told otherwise (a test runs attempts in its own order and moves a fake clock instead of waiting)."""
+
+    def __init__(
+        self,
+        *,
+        max_hedged_attempts: int = 1,
+        delay: float = 0.5,
+        launch: Callable[[Thunk, Answers], None] = launch_in_thread,
+        receive: Callable[[Answers, float], Outcome | None] = receive_waiting,
+    ) -> None:
         if max_hedged_attempts < 1 or delay < 0:
             raise ValueError("max_hedged_attempts must be >= 1 and delay >= 0")
         self.max_hedged_attempts = max_hedged_attempts
         self.delay = delay
+        self._launch = launch
+        self._receive = receive
 
     def run(
         self,
@@ -37,7 +64,7 @@ class HedgingPolicy:
 
         `give_up_at()` is the number of seconds still worth waiting; when it runs out, `give_up()` answers.
         """
-        answers: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        answers: Answers = queue.SimpleQueue()
         self._launch(primary, answers)
         running, hedges = 1, 0
         last: Outcome | None = None
@@ -46,9 +73,8 @@ class HedgingPolicy:
             can_hedge = hedges < self.max_hedged_attempts
             if can_hedge:
                 wait = min(wait, self.delay)
-            try:
-                outcome = answers.get(timeout=max(wait, 0.0))
-            except queue.Empty:
+            outcome = self._receive(answers, max(wait, 0.0))
+            if outcome is None:
                 if can_hedge and give_up_at() > 0:
                     hedges += 1
                     thunk = start_hedge()
@@ -63,9 +89,4 @@ class HedgingPolicy:
             last = outcome
             if running == 0:
                 return outcome
-
-    @staticmethod
-    def _launch(thunk: Thunk, answers: queue.SimpleQueue[Outcome]) -> None:
-        # Daemon threads: an abandoned attempt must never keep the process from exiting.
-        threading.Thread(target=lambda: answers.put(thunk()), name="hedged-attempt", daemon=True).start()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.resilience.config import load_policies
+from app.policies import load_policies
 from campaign.clients import make_intent, retryable
 from campaign.history import Attempt
 from campaign.policies import policy_for

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import queue
 import random
+from typing import Any
 
 import pytest
 
@@ -37,3 +39,33 @@ def clock() -> FakeClock:
 @pytest.fixture
 def rng() -> random.Random:
     return random.Random(1234)
+
+
+class ScriptedHedging:
+    """Hedged attempts with no thread and no real wait: the first attempt launched is held back (slow) until
+    `release_primary`, every later one runs at once; waiting for an answer that has not come moves the fake
+    clock by the wait instead. Pass `launch` and `receive` to a HedgingPolicy."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.launched = 0
+        self._held: list[tuple[Any, Any]] = []
+
+    def launch(self, thunk: Any, answers: Any) -> None:
+        self.launched += 1
+        if self.launched == 1:
+            self._held.append((thunk, answers))
+        else:
+            answers.put(thunk())
+
+    def receive(self, answers: Any, timeout: float) -> Any:
+        try:
+            return answers.get_nowait()
+        except queue.Empty:
+            self.clock.advance(timeout)
+            return None
+
+    def release_primary(self) -> None:
+        for thunk, answers in self._held:
+            answers.put(thunk())
+        self._held.clear()

@@ -22,14 +22,18 @@ def test_bulkhead_admits_up_to_max_concurrency_then_rejects_when_the_queue_is_fu
 
 
 def test_a_queued_waiter_gets_the_slot_when_it_is_released() -> None:
-    bulkhead = Bulkhead(max_concurrency=1, max_queue=1)
+    queued = threading.Event()
+
+    def wait(freed: threading.Condition, seconds: float) -> bool:
+        queued.set()  # the waiter is in the queue, about to wait for a freed slot
+        return freed.wait(seconds)
+
+    bulkhead = Bulkhead(max_concurrency=1, max_queue=1, wait=wait)
     bulkhead.acquire()
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(bulkhead.acquire(deadline=time.monotonic() + 5)))
     waiter.start()
-    deadline = time.monotonic() + 5
-    while not bulkhead.waiting and time.monotonic() < deadline:
-        time.sleep(0.005)
+    assert queued.wait(5)
     assert bulkhead.waiting == 1
     with pytest.raises(BulkheadRejectedError):  # the queue (1) is full now
         bulkhead.acquire()
@@ -40,11 +44,18 @@ def test_a_queued_waiter_gets_the_slot_when_it_is_released() -> None:
 
 
 def test_a_queued_waiter_gives_up_at_its_deadline() -> None:
-    bulkhead = Bulkhead(max_concurrency=1, max_queue=5)
+    clock = FakeClock()
+    waits: list[float] = []
+
+    def wait(freed: threading.Condition, seconds: float) -> bool:
+        waits.append(seconds)
+        clock.advance(seconds)  # nobody frees a slot meanwhile
+        return False
+
+    bulkhead = Bulkhead(max_concurrency=1, max_queue=5, clock=clock, wait=wait)
     bulkhead.acquire()
-    started = time.monotonic()
-    assert bulkhead.acquire(deadline=started + 0.05) is False
-    assert 0.04 <= time.monotonic() - started < 1.0
+    assert bulkhead.acquire(deadline=clock() + 0.05) is False
+    assert waits == [pytest.approx(0.05)]  # it waited exactly until its deadline, then gave up
     assert bulkhead.waiting == 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from app.resilience import Attempt, CircuitBreaker, HedgingPolicy, LoggingHook, RecordingHook, ResiliencePipeline
 from app.resilience.events import HedgeStarted, RetryScheduled, TimeoutOccurred
 from app.resilience.retry import RetryPolicy
+from tests.resilience.conftest import FakeClock, ScriptedHedging
 
 
 def hedged_pipeline(hook: RecordingHook, **options: object) -> ResiliencePipeline[str]:
@@ -63,36 +64,36 @@ def test_hedges_are_capped_at_max_hedged_attempts() -> None:
     assert len(count) == 3
 
 
-def test_when_every_attempt_fails_the_retry_policy_decides() -> None:
-    hook = RecordingHook()
-    calls: list[bool] = []
+def scripted_pipeline(clock: FakeClock, hook: RecordingHook, script: ScriptedHedging,
+                      **options: object) -> ResiliencePipeline[str]:
+    hedging = HedgingPolicy(max_hedged_attempts=1, delay=0.05, launch=script.launch, receive=script.receive)
+    return ResiliencePipeline("inventory", attempt_timeout=2.0, total_timeout=3.0, hedging=hedging, hooks=[hook],
+                              clock=clock, sleep=clock.sleep, **options)  # type: ignore[arg-type]
+
+
+def test_when_every_attempt_fails_the_retry_policy_decides(clock: FakeClock) -> None:
+    """The slow first attempt never answers within its deadline, its hedge fails: the retry policy decides,
+    and the retry succeeds."""
+    hook, script = RecordingHook(), ScriptedHedging(clock)
 
     def call(attempt: Attempt) -> str:
-        calls.append(attempt.hedged)
         if attempt.number == 0:
-            time.sleep(0.1)
             raise ConnectionError("down")
         return "recovered"
 
-    pipeline = hedged_pipeline(hook, retry=RetryPolicy(max_retries=1, base_delay=0.0, jitter=False))
+    pipeline = scripted_pipeline(clock, hook, script, retry=RetryPolicy(max_retries=1, base_delay=0.0,
+                                                                         jitter=False))
     assert pipeline.execute(call) == "recovered"
+    assert len(hook.of_type(HedgeStarted)) == 1
     assert len(hook.of_type(RetryScheduled)) == 1
 
 
-def test_hedges_are_counted_by_the_circuit() -> None:
-    breaker = CircuitBreaker("inventory")
-    release = threading.Event()
-
-    def call(attempt: Attempt) -> str:
-        if not attempt.hedged:
-            release.wait(1.0)
-        return "ok"
-
-    hedged_pipeline(RecordingHook(), breaker=breaker).execute(call)
-    release.set()
-    deadline = time.monotonic() + 2
-    while breaker.snapshot().throughput < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+def test_hedges_are_counted_by_the_circuit(clock: FakeClock) -> None:
+    breaker = CircuitBreaker("inventory", clock=clock, wall_clock=clock.wall)
+    script = ScriptedHedging(clock)
+    assert scripted_pipeline(clock, RecordingHook(), script, breaker=breaker).execute(lambda attempt: "ok") == "ok"
+    assert breaker.snapshot().throughput == 1  # the hedge answered; the slow first attempt is still running
+    script.release_primary()
     assert breaker.snapshot().throughput == 2
 
 
