@@ -134,7 +134,7 @@ def test_the_packaged_policy_file_is_the_repositorys() -> None:
 
 def test_the_installed_package_finds_its_files_in_itself_and_var_in_the_working_directory(
         venv: Path, elsewhere: Path) -> None:
-    probe = ("import app, app.config as c, app.resilience as r; "
+    probe = ("import app, app.config as c, app.policies as r; "
              "print(app.__file__); print(c.CHECKOUT); print(c.var_dir()); "
              "s = c.Settings.from_env(); print(s.resilience_file); print(s.database_url); "
              "print(r.load_policies(s.resilience_file) == r.load_policies(None))")
