@@ -42,12 +42,14 @@ def retryable(attempt: Attempt) -> bool:
 def make_intent(rng: random.Random, *, seed: int, client: int, number: int, started: float) -> Intent:
     """A valid order (most), one of customer 402 (declined), or one with product 13 (out of stock)."""
     roll = rng.random()
-    others = rng.sample(PRODUCTS[2:], rng.randint(0, 2))
+    others = rng.sample(PRODUCTS[3:], rng.randint(0, 2))
     if roll < 0.08:
         kind = "declined"
         customer = DECLINED_CUSTOMER
-        # Customer 402 is shared, so these lines carry the intent's identity: client and number.
-        lines = [(PRODUCTS[0], client + 1), (PRODUCTS[1], number % 1000 + 1), *((p, rng.randint(1, 3)) for p in others)]
+        # Customer 402 is shared, so these lines carry the intent's identity: client and number (a quantity is at
+        # most 1000, so the number takes two lines: a long run has more than a thousand intents per client).
+        lines = [(PRODUCTS[0], client + 1), (PRODUCTS[1], number % 1000 + 1), (PRODUCTS[2], number // 1000 + 1),
+                 *((p, rng.randint(1, 3)) for p in others)]
     else:
         customer = 1_000_000 + client * 100_000 + number
         lines = [(p, rng.randint(1, 5)) for p in rng.sample(PRODUCTS, rng.randint(1, 3))]

@@ -120,3 +120,17 @@ def test_no_copy_is_sent_after_an_intent_that_was_never_answered(api: str) -> No
     client(api, history, give_up_after=0.5).see_through(Intent("k-down", 0, "valid", BODY, 0.0, duplicate="after"))
     assert history.attempts and all(a.status == 503 and a.copy == "" for a in history.attempts)
     assert history.gave_up == {"k-down"}
+
+
+def test_every_intent_of_a_long_run_looks_unlike_every_other_in_the_database() -> None:
+    """The checker finds a key's orders by what they look like (customer and lines): two intents alike would
+    make one intent's order look like a second order of the other's key."""
+    import random
+
+    from campaign.clients import make_intent
+
+    rng = random.Random(202)
+    intents = [make_intent(rng, seed=202, client=client, number=number, started=0.0)
+               for client in range(8) for number in range(3000)]
+    assert len({intent.signature for intent in intents}) == len(intents)
+    assert any(intent.kind == "declined" for intent in intents)
