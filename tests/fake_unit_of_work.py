@@ -400,8 +400,9 @@ class MemoryIdempotencyKeys(_Repo):
         else:
             row["locked_until"] = now
 
-    def purge_expired(self, *, now: datetime) -> int:
-        expired = [key for key, row in self._d.keys.items() if row["expires_at"] <= now]
+    def purge_expired(self, *, now: datetime, limit: int) -> int:
+        expired = sorted((row["expires_at"], key) for key, row in self._d.keys.items() if row["expires_at"] <= now)
+        expired = [key for _, key in expired[:limit]]
         for key in expired:
             del self._d.keys[key]
         return len(expired)

@@ -15,6 +15,7 @@ payment circuit is open or isolated: a worker could only defer them again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ log = logging.getLogger("orderflow.relay")
 # A job published this long ago and still pending lost its message (broker restarted, queue purged).
 DEFAULT_REPUBLISH_AFTER = 30.0
 BATCH = 200
+# Idempotency keys kept past their 24 h are forgotten this often, this many at a time: the table would otherwise
+# grow with every order (a key is only ever read again by a repeat of the same request).
+PURGE_EVERY = 60.0
+PURGE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class RelayPass:
     payments: int = 0
     notifications: int = 0
     failed: bool = False
+    purged: int = 0
 
 
 @dataclass
@@ -55,6 +61,10 @@ class OutboxRelay:
     payments_held: Callable[[], bool] | None = None
     # Wraps every database step of a pass (the worker keeps forks out of them: see `workers.relay`).
     guard: Callable[[], AbstractContextManager[object]] = nullcontext
+    purge_every: float = PURGE_EVERY
+    purge_batch: int = PURGE_BATCH
+    monotonic: Callable[[], float] = time.monotonic
+    _purged_at: float = field(default=float("-inf"), init=False)
 
     def _payments_held(self) -> bool:
         if self.payments_held is None:
@@ -80,6 +90,7 @@ class OutboxRelay:
             uow.commit()
         if reclaimed:
             log.warning("reclaimed jobs whose lease expired", extra={"event": "lease_expired", "jobs": reclaimed})
+        purged = self._purge(now)
         payments_busy = self._payments_held() or self._queue_busy(self.payment_queue)
         notifications_busy = self._queue_busy(self.notification_queue)
         payment_ids: list[str] = []
@@ -104,8 +115,20 @@ class OutboxRelay:
             # The broker is down: stop this pass; the unpublished jobs are due again on the next one.
             log.warning("relay could not publish", extra={"event": "relay_publish_failed",
                                                           "error": f"{type(exc).__name__}: {exc}"})
-            return RelayPass(reclaimed, payments, notifications, failed=True)
-        return RelayPass(reclaimed, payments, notifications)
+            return RelayPass(reclaimed, payments, notifications, failed=True, purged=purged)
+        return RelayPass(reclaimed, payments, notifications, purged=purged)
+
+    def _purge(self, now: datetime) -> int:
+        """One bounded batch of expired idempotency keys, at most every `purge_every` seconds."""
+        if self.monotonic() - self._purged_at < self.purge_every:
+            return 0
+        self._purged_at = self.monotonic()
+        with self.guard(), self.uow() as uow:
+            purged = uow.idempotency.purge_expired(now=now, limit=self.purge_batch)
+            uow.commit()
+        if purged:
+            log.info("forgot expired idempotency keys", extra={"event": "idempotency_keys_purged", "keys": purged})
+        return purged
 
     def _publish(self, job: str | int, now: datetime, republish_before: datetime, *, payment: bool) -> bool:
         # Marked first and committed, then sent: the mark is what stops a second relay sending it too.

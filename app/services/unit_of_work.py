@@ -210,7 +210,8 @@ class IdempotencyKeys(Protocol):
 
     def complete(self, key: str, token: str, response: StoredResponse) -> None: ...
     def release(self, key: str, token: str, *, now: datetime) -> None: ...
-    def purge_expired(self, *, now: datetime) -> int: ...
+    def purge_expired(self, *, now: datetime, limit: int) -> int:
+        """Forget at most `limit` keys kept past their 24 h; how many went."""
 
 
 class Outbox(Protocol):

@@ -188,3 +188,27 @@ def test_relay_hands_payment_jobs_out_when_the_circuit_state_is_unknown(uow: Any
                         republish_after=30.0, now=clock, payments_held=unknown)
     relay.run_once()
     assert broker.payments.count(order_id) == 1
+
+
+def test_the_relay_forgets_idempotency_keys_past_their_day_a_bounded_batch_at_a_time(uow: Any) -> None:
+    clock, broker = Clock(), Broker()
+    old = clock() - timedelta(days=2)
+    with uow() as unit:
+        for i in range(5):
+            unit.idempotency.claim(f"old-{i}", "fp", now=old, lock_for=timedelta(seconds=10),
+                                   keep_for=timedelta(hours=24), token=f"t{i}")
+        unit.idempotency.claim("fresh", "fp", now=clock(), lock_for=timedelta(seconds=10),
+                               keep_for=timedelta(hours=24), token="t")
+        unit.commit()
+    ticks = [0.0]
+    relay = make_relay(uow, broker, clock)
+    relay.purge_batch, relay.monotonic = 3, lambda: ticks[0]
+    assert relay.run_once().purged == 3
+    assert relay.run_once().purged == 0  # not again before `purge_every`
+    ticks[0] += relay.purge_every
+    assert relay.run_once().purged == 2
+    with uow() as unit:  # the fresh key is still there: a repeat of it is a replay, not a new claim
+        assert unit.idempotency.claim("fresh", "fp", now=clock(), lock_for=timedelta(seconds=10),
+                                      keep_for=timedelta(hours=24), token="other").outcome == "in_use"
+        assert unit.idempotency.claim("old-0", "fp", now=clock(), lock_for=timedelta(seconds=10),
+                                      keep_for=timedelta(hours=24), token="other").outcome == "claimed"

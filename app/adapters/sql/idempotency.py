@@ -86,5 +86,7 @@ class SqlIdempotencyKeys:
         self._conn.execute(update(idempotency_keys).where(and_(mine, keys.order_id.is_not(None)))
                            .values(locked_until=now))
 
-    def purge_expired(self, *, now: datetime) -> int:
-        return self._conn.execute(idempotency_keys.delete().where(keys.expires_at <= now)).rowcount
+    def purge_expired(self, *, now: datetime, limit: int) -> int:
+        # A bounded batch: a purge must never hold the table (SQLite: the whole database) for long.
+        expired = select(keys.key).where(keys.expires_at <= now).order_by(keys.expires_at).limit(limit)
+        return self._conn.execute(idempotency_keys.delete().where(keys.key.in_(expired.scalar_subquery()))).rowcount
