@@ -2,21 +2,37 @@
 
 Every wait on the database is bounded by about two seconds (connect, pool checkout, lock), so a
 database that is down or locked turns into a 503 instead of a hung request.
+
+On SQLite a writer queues for the single write lock. A writer that waits while other writers keep
+committing is in a queue, not facing an unreachable database: it goes on waiting, for as long as its
+caller allows (`lock_wait`, else QUEUE_WAIT_SECONDS). Only a lock under which nobody has committed for
+DB_WAIT_SECONDS makes it give up. SQLite's own busy handler is not fair (a waiter polls with growing
+sleeps, and a newcomer may take the lock between two polls), so under load a flat two-second timeout
+turned ordinary queueing into `database is locked`.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 DB_WAIT_SECONDS = 2.0
 DEFAULT_BUSY_MS = int(DB_WAIT_SECONDS * 1000)
 # The least a deadline-bound transaction may wait for a lock: less would fail on any ordinary contention.
 MIN_LOCK_WAIT = 0.05
+# How long a SQLite writer with no deadline of its own waits for the write lock while others commit.
+QUEUE_WAIT_SECONDS = 10.0
+# A SQLite writer asks for the lock in windows this long, and looks for others' commits between two: the
+# progress it sees decides whether it waits on (a queue) or gives up (nobody committed for DB_WAIT_SECONDS).
+# A fresh window also restarts SQLite's busy handler at its shortest sleeps, so a writer that has waited long
+# polls as often as a newcomer.
+LOCK_WINDOW_SECONDS = 0.25
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -75,22 +91,72 @@ def _sqlite_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         options = conn.get_execution_options()
-        # A transaction may wait less for the lock than the engine's default (see `write`'s `wait`); the
-        # PRAGMA is sent only when the wait changes, so the default path pays nothing for it.
-        busy_ms = int(options.get("lock_wait", DB_WAIT_SECONDS) * 1000)
-        info = conn.connection.info
-        if info.get("busy_ms", DEFAULT_BUSY_MS) != busy_ms:
-            conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
-            info["busy_ms"] = busy_ms
         if options.get("readonly"):
+            # A reader never takes the write lock (WAL): it waits only in SQLite's rare busy cases, as long
+            # as its unit allows.
+            _busy_timeout(conn, min(DB_WAIT_SECONDS, options.get("lock_wait", DB_WAIT_SECONDS)))
             conn.exec_driver_sql("BEGIN")
         else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            _begin_immediate(conn, total=options.get("lock_wait", QUEUE_WAIT_SECONDS))
 
     return engine
 
 
+def _busy_timeout(conn: Connection, seconds: float) -> None:
+    """SQLite's busy timeout of this connection; the PRAGMA is sent only when the value changes."""
+    busy_ms = max(1, int(seconds * 1000))
+    info = conn.connection.info
+    if info.get("busy_ms", DEFAULT_BUSY_MS) != busy_ms:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
+        info["busy_ms"] = busy_ms
+
+
+def _data_version(conn: Connection) -> int | None:
+    """Changes whenever another connection commits (SQLite's `PRAGMA data_version`); None if unreadable."""
+    try:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            return int(cursor.execute("PRAGMA data_version").fetchone()[0])
+        finally:
+            cursor.close()
+    except Exception:  # noqa: BLE001 - no progress seen: the caller falls back to the plain bound
+        return None
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def _begin_immediate(conn: Connection, *, total: float) -> None:
+    """BEGIN IMMEDIATE: the write lock taken up front, so a writer never fails to upgrade a read lock.
+
+    Waits in windows of LOCK_WINDOW_SECONDS for at most `total`, and gives up early once nobody has committed
+    for DB_WAIT_SECONDS (or `total`, if shorter): the `database is locked` error of the last window leaves."""
+    stall = min(DB_WAIT_SECONDS, total)
+    started = progressed = time.monotonic()
+    version = _data_version(conn)
+    while True:
+        now = time.monotonic()
+        left = min(stall - (now - progressed), total - (now - started))
+        _busy_timeout(conn, max(0.001, min(LOCK_WINDOW_SECONDS, left)))
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            if not _is_locked(exc):
+                raise
+            now = time.monotonic()
+            seen = _data_version(conn)
+            if seen is not None and seen != version:
+                version, progressed = seen, now
+            if now - progressed >= stall - 0.001 or now - started >= total - 0.001:
+                raise
+
+
 def lock_wait(seconds: float) -> float:
-    """How long a transaction bound to a deadline may wait for a lock: what is left of the deadline, within
-    [MIN_LOCK_WAIT, DB_WAIT_SECONDS]. The services' unit of work applies it (`lock_wait` execution option)."""
-    return min(DB_WAIT_SECONDS, max(MIN_LOCK_WAIT, seconds))
+    """How long a transaction bound to a deadline may wait for a lock: what is left of the deadline, at least
+    MIN_LOCK_WAIT. The services' unit of work applies it (`lock_wait` execution option): on SQLite a writer
+    waits that long while others commit, but never past DB_WAIT_SECONDS without a commit; on PostgreSQL it
+    is the lock timeout, at most DB_WAIT_SECONDS."""
+    return max(MIN_LOCK_WAIT, seconds)

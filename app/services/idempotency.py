@@ -68,7 +68,7 @@ class IdempotencyStore:
     ) -> StoredResponse | Replayed:
         """`produce` does the work under the claim; `current(order_id)` answers with a bound order as it is now.
         `finish_by` (monotonic): storing the response waits for a stalled database no longer than that."""
-        claim = self._claim(key, fingerprint)
+        claim = self._claim(key, fingerprint, None if finish_by is None else finish_by - self.monotonic())
         if claim.outcome == "mismatch":
             raise KeyReused()
         if claim.outcome == "in_use":
@@ -95,11 +95,11 @@ class IdempotencyStore:
             self._release(binding, wait)
         return response
 
-    def _claim(self, key: str, fingerprint: str) -> KeyClaim:
+    def _claim(self, key: str, fingerprint: str, wait: float | None) -> KeyClaim:
         token = uuid.uuid4().hex
         for _ in range(3):
             try:
-                with self.uow() as uow:
+                with self.uow(wait=wait) as uow:
                     claim = uow.idempotency.claim(key, fingerprint, now=self.now(), lock_for=self.lock_for,
                                                   keep_for=KEEP_FOR, token=token)
                     uow.commit()

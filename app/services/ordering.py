@@ -197,7 +197,9 @@ class OrderPlacement:
         else:
             job_due = now
         # Whenever the job is due now, the workers hear of it at once (after the commit; the relay otherwise).
-        self._store(order, job_due, binding, hint=not real_time and break_until is None)
+        # Storing waits for a busy database (a queue of writers) no longer than the request deadline allows.
+        self._store(order, job_due, binding, hint=not real_time and break_until is None,
+                    wait=deadline - self.monotonic())
         self.on_order_created(order)
         # From here on the order is stored: no failure may answer as if nothing was. Whatever goes wrong, the
         # order is answered PaymentPending, and its job (already in the outbox) finishes the payment.
@@ -212,14 +214,15 @@ class OrderPlacement:
                           extra={"event": "placement_failed_after_store", "order_id": order.id})
             return order
 
-    def _store(self, order: Order, job_due: datetime, binding: KeyBinding | None, *, hint: bool) -> None:
+    def _store(self, order: Order, job_due: datetime, binding: KeyBinding | None, *, hint: bool,
+               wait: float | None = None) -> None:
         """The order, its payment job and (with a key) the key's binding, in one transaction.
 
         A failure before the COMMIT stored nothing and is raised as it is (the request may say so). A failed
         COMMIT may have stored the order: it is read back; found, the placement goes on; not found, nothing
         was stored; unreadable, OrderMayBeStored names the order for the client to look up."""
         try:
-            with self.uow() as uow:
+            with self.uow(wait=wait) as uow:
                 if binding is not None and not uow.idempotency.bind(binding.key, binding.token, order.id):
                     raise KeyLost()
                 uow.orders.add(order)

@@ -3,6 +3,7 @@ PostgreSQL; the same engine's other transactions keep their usual wait."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,3 +55,43 @@ def test_a_deadline_bound_write_gives_up_on_a_held_lock_at_its_own_wait(engine: 
     with SqlUnitOfWorkFactory(engine)() as unit:
         assert unit.flags.set("Notifications", enabled=True, by="test", now=datetime.now(UTC)) is not None
         unit.commit()
+
+
+def test_a_sqlite_writer_queued_behind_committing_writers_waits_past_the_two_seconds(engine: Engine) -> None:
+    """Other writers holding the lock in turn for longer than DB_WAIT_SECONDS, committing all along: the
+    database is busy, not unreachable, and the queued writer gets its turn instead of `database is locked`."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's single write lock")
+    busy_for = DB_WAIT_SECONDS * 1.5
+    holding = threading.Event()
+
+    def writers_in_turn() -> None:
+        # One connection taking the lock again right after each commit: SQLite's busy handler, polling with
+        # sleeps, practically never sees the moment between two transactions.
+        with engine.connect() as conn:
+            stop = time.monotonic() + busy_for
+            while time.monotonic() < stop:
+                with conn.begin():
+                    conn.execute(text("UPDATE feature_flags SET updated_by = 'other' || random()"))
+                    holding.set()
+                    time.sleep(0.05)
+
+    other = threading.Thread(target=writers_in_turn)
+    other.start()
+    try:
+        assert holding.wait(5)
+        with SqlUnitOfWorkFactory(engine)() as unit:
+            assert unit.flags.set("Notifications", enabled=True, by="test", now=datetime.now(UTC)) is not None
+            unit.commit()
+    finally:
+        other.join()
+
+
+def test_a_sqlite_writer_gives_up_once_nobody_commits_for_the_two_seconds(engine: Engine) -> None:
+    """Some commits, then a lock held with none: the wait ends DB_WAIT_SECONDS after the last commit seen, even
+    with a longer deadline."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's single write lock")
+    with flags_locked(engine):
+        waited = touch_flags(engine, DB_WAIT_SECONDS * 4)
+    assert DB_WAIT_SECONDS * 0.9 <= waited < DB_WAIT_SECONDS * 3, waited

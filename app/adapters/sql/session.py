@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.adapters.db import lock_wait
+from app.adapters.db import DB_WAIT_SECONDS, lock_wait
 from app.adapters.sql.catalog import SqlCatalog
 from app.adapters.sql.dead_letters import SqlDeadLetters
 from app.adapters.sql.flags import SqlFlags
@@ -76,7 +76,9 @@ class SqlUnitOfWork:
             self._conn = self._connect()
             if not self._single:
                 self._transaction = self._conn.begin()
-                if self._wait is not None and self._engine.dialect.name == "postgresql":
+                # The connection's own lock_timeout is DB_WAIT_SECONDS: only a shorter wait costs a statement.
+                if (self._wait is not None and self._wait < DB_WAIT_SECONDS
+                        and self._engine.dialect.name == "postgresql"):
                     self._conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(self._wait * 1000))}")
         except SQLAlchemyError as exc:
             self._close()
