@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,20 +103,16 @@ class OutboxRelay:
                 if not notifications_busy:
                     notification_ids = [int(job_id) for job_id in uow.outbox.notification_relay.due(
                         now=now, republish_before=republish_before, limit=self.batch)]
-        payments = notifications = 0
+        sent = {True: 0, False: 0}
         try:
-            for order_id in payment_ids:
-                if self._publish(order_id, now, republish_before, payment=True):
-                    payments += 1
-            for job_id in notification_ids:
-                if self._publish(job_id, now, republish_before, payment=False):
-                    notifications += 1
+            for payment, jobs in ((True, payment_ids), (False, notification_ids)):
+                self._publish_all(jobs, now, republish_before, payment=payment, sent=sent)
         except Exception as exc:
             # The broker is down: stop this pass; the unpublished jobs are due again on the next one.
             log.warning("relay could not publish", extra={"event": "relay_publish_failed",
                                                           "error": f"{type(exc).__name__}: {exc}"})
-            return RelayPass(reclaimed, payments, notifications, failed=True, purged=purged)
-        return RelayPass(reclaimed, payments, notifications, purged=purged)
+            return RelayPass(reclaimed, sent[True], sent[False], failed=True, purged=purged)
+        return RelayPass(reclaimed, sent[True], sent[False], purged=purged)
 
     def _purge(self, now: datetime) -> int:
         """One bounded batch of expired idempotency keys, at most every `purge_every` seconds."""
@@ -131,25 +127,37 @@ class OutboxRelay:
         return purged
 
     def _publish(self, job: str | int, now: datetime, republish_before: datetime, *, payment: bool) -> bool:
-        # Marked first and committed, then sent: the mark is what stops a second relay sending it too.
+        sent = {payment: 0}
+        self._publish_all([job], now, republish_before, payment=payment, sent=sent)
+        return sent[payment] == 1
+
+    def _publish_all(self, jobs: Sequence[str | int], now: datetime, republish_before: datetime, *,
+                     payment: bool, sent: dict[bool, int]) -> None:
+        """Marks the jobs published, in one transaction, then sends those it marked; counts them in `sent`.
+
+        Marked first and committed, then sent: the mark is what stops a second relay sending them too. One
+        transaction for a pass's jobs, not one each: on SQLite every write transaction queues for the single
+        write lock that the API's orders wait for. A send that fails unmarks what is left unsent."""
+        if not jobs:
+            return
         with self.guard(), self.uow() as uow:
             outbox = uow.outbox.payment_relay if payment else uow.outbox.notification_relay
-            marked = outbox.mark_published(job, now=now, republish_before=republish_before)
+            marked = [job for job in jobs if outbox.mark_published(job, now=now, republish_before=republish_before)]
             uow.commit()
-        if not marked:
-            return False
-        try:
-            if payment:
-                self.send_payment(str(job))
-            else:
-                self.send_notification(int(job))
-        except Exception:
-            with self.guard(), self.uow() as uow:
-                (uow.outbox.payment_relay if payment else uow.outbox.notification_relay).unmark_published(job)
-                uow.commit()
-            raise
-        return True
-
+        for index, job in enumerate(marked):
+            try:
+                if payment:
+                    self.send_payment(str(job))
+                else:
+                    self.send_notification(int(job))
+            except Exception:
+                with self.guard(), self.uow() as uow:
+                    relay = uow.outbox.payment_relay if payment else uow.outbox.notification_relay
+                    for left in marked[index:]:
+                        relay.unmark_published(left)
+                    uow.commit()
+                raise
+            sent[payment] += 1
 
 
 __all__ = ["BATCH", "DEFAULT_REPUBLISH_AFTER", "OutboxRelay", "RelayPass"]
