@@ -75,8 +75,16 @@ def section(number: int, result: BenchmarkResult) -> str:
         "",
         f"Run {result.date}, commit `{result.commit}`, command `{result.command}`, {result.seconds:.0f} s.",
         "",
-        table(result.measurements),
     ]
+    groups = list(dict.fromkeys(m.group for m in result.measurements))
+    if groups == [""]:
+        parts.append(table(result.measurements))
+    else:
+        for group in groups:
+            if group:
+                parts += [f"### {group}", ""]
+            parts += [table(m for m in result.measurements if m.group == group), ""]
+        parts.pop()
     if result.notes:
         parts += ["", *[f"- {note}" for note in result.notes]]
     for plot in result.plots:
