@@ -139,7 +139,7 @@ def _stack_benchmarks(
     tmp = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="orderflow-bench-")))
     _say(f"starting the stack on {db.kind} (python -m app.stack, what `make run` execs)")
     stack = resources.enter_context(running_stack(db, target, tmp / "var"))
-    notes = [f"{db.kind}: database {db.note}. Redis: {target.note}."]
+    notes = [f"{db.kind}: {db.note}. Redis: {target.note}."]
     options = placement.LoadOptions(duration=args.duration)
     after: dict[str, memory.Rss] = {}
     if "placement" in chosen:

@@ -157,7 +157,7 @@ def run(
             "the `_ADMIN` script), makes the inventory GET (through the hedging policy, which starts a thread "
             "per attempt, and the shared circuit's admission script) and the INSERT transaction (a pooled "
             "checkout with its ping, three statements, the commit), and the cores are shared with wrk, "
-            "PostgreSQL, Redis, the simulators and the chaos proxy. The catalog comes from a per-process copy "
+            "the database, Redis, the simulators and the chaos proxy. The catalog comes from a per-process copy "
             "and the job is stored due at the break's end (isolated: 5 s later, when a worker would look "
             "again), so no catalog read, no broker message and no immediate deferral by a worker is paid "
             "per order."

@@ -122,7 +122,7 @@ def postgres_database(url: str, source: str) -> Iterator[Database]:
         yield Database(
             url,
             schema,
-            f"{source}, {shown.host}:{shown.port or 5432} db `{shown.database}`, schema `{schema}` "
+            f"{source} at {shown.host}:{shown.port or 5432}, db `{shown.database}`, schema `{schema}` "
             "(dropped after)",
         )
 
@@ -136,7 +136,9 @@ def sqlite_database() -> Iterator[Database]:
     with tempfile.TemporaryDirectory(prefix="orderflow-bench-db-") as tmp:
         url = f"sqlite:///{tmp}/orderflow.db"
         upgrade(url)
-        yield Database(url, None, "SQLite, the embedded default with no DATABASE_URL (a file of its own)")
+        yield Database(
+            url, None, "a file of its own, opened as `make run` opens its default with no DATABASE_URL (WAL)"
+        )
 
 
 @contextmanager

@@ -145,7 +145,7 @@ def non_2xx_row(
     """Answers other than 2xx to valid orders: the goal is none, whatever the baseline answered."""
     return Measurement(
         f"{case}: non-2xx answers",
-        "answers",
+        "",
         float(ours.non_2xx),
         None if base is None else float(base.non_2xx),
         baseline_name,
