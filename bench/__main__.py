@@ -15,7 +15,18 @@ from pathlib import Path
 
 from . import backlog as backlog_bench
 from . import degraded, memory, placement, policy, proxy
-from .environment import DOCS, PLOTS, commit, database, now_text, redis_server
+from .environment import (
+    DOCS,
+    PLOTS,
+    Database,
+    RedisTarget,
+    commit,
+    now_text,
+    postgres_available,
+    postgres_database,
+    redis_server,
+    sqlite_database,
+)
 from .load import WrkMissing, require_wrk
 from .report import ORDER, document
 from .results import BenchmarkResult, load_results, save_results
@@ -30,6 +41,8 @@ TITLES = {
     "memory": "Memory: RSS and growth over repeated rounds",
 }
 STACK_BENCHMARKS = ("placement", "degraded", "backlog", "memory")
+# Run on SQLite (the embedded default) and on PostgreSQL, one stack each; the others on the last database.
+PER_DATABASE = ("placement", "degraded")
 RESULTS = PLOTS / "results.json"
 
 
@@ -67,27 +80,37 @@ class Session:
         self.command = command
         self.commit = commit()
         self.results = load_results(RESULTS)
+        self.started: set[str] = set()  # benchmarks begun in this session: a second part adds to them
         self.header = [
             f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
             f"{platform.python_version()}, {platform.system()} {platform.release()}."
         ]
 
-    def run(self, key: str, body: Callable[[BenchmarkResult], object], *, notes: Sequence[str] = ()) -> None:
-        _say(f"{key}: {TITLES[key]}")
-        result = BenchmarkResult(key, TITLES[key], now_text(), self.commit, self.command)
+    def run(
+        self, key: str, body: Callable[[BenchmarkResult], object], *, notes: Sequence[str] = (), part: str = ""
+    ) -> None:
+        """One benchmark, or one `part` of it (a database): the parts of a session add to one result."""
+        _say(f"{key}: {TITLES[key]}" + (f" ({part})" if part else ""))
+        if key in self.started:
+            result = self.results[key]
+        else:
+            result = BenchmarkResult(key, TITLES[key], now_text(), self.commit, self.command)
+            self.started.add(key)
+        shown = len(result.measurements)
         load_before = os.getloadavg()[0]
         started = time.monotonic()
         body(result)
-        result.seconds = time.monotonic() - started
+        result.seconds += time.monotonic() - started
         result.notes += list(notes)
         result.notes.append(
-            f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+            (f"{part}: " if part else "")
+            + f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
             "(other work on the machine shows here)."
         )
         self.results[key] = result
         save_results(RESULTS, self.results)
         self.output.write_text(document(self.results, header_notes=self.header))
-        for m in result.measurements:
+        for m in result.measurements[shown:]:
             verdict = "" if m.met is None else (" met" if m.met else f" MISSED {m.miss}")
             ratio = "" if m.ratio is None else f" ratio {m.ratio:.3f}"
             _say(f"  {m.name}: {m.ours:.4g} {m.unit} vs {m.baseline} {ratio}{verdict}")
@@ -99,6 +122,42 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(DOCS.parent))
     except ValueError:
         return str(path)
+
+
+def _stack_benchmarks(
+    session: Session,
+    args: argparse.Namespace,
+    chosen: Sequence[str],
+    db: Database,
+    target: RedisTarget,
+    resources: ExitStack,
+) -> None:
+    """The benchmarks that need the stack, on one database (with a stack of its own)."""
+    chosen = [k for k in chosen if k in STACK_BENCHMARKS]
+    if not chosen:
+        return
+    tmp = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="orderflow-bench-")))
+    _say(f"starting the stack on {db.kind} (python -m app.stack, what `make run` execs)")
+    stack = resources.enter_context(running_stack(db, target, tmp / "var"))
+    notes = [f"{db.kind}: {db.note}. Redis: {target.note}."]
+    options = placement.LoadOptions(duration=args.duration)
+    after: dict[str, memory.Rss] = {}
+    if "placement" in chosen:
+        session.run(
+            "placement",
+            lambda r: placement.run(r, stack, db, options=options, profile=not args.no_profile),
+            notes=notes,
+            part=db.kind,
+        )
+        after["benchmark 2"] = memory.Rss.of(stack)
+        placement.wait_drained(db, timeout=90)
+    if "degraded" in chosen:
+        session.run("degraded", lambda r: degraded.run(r, stack, db, options=options), notes=notes, part=db.kind)
+    if "backlog" in chosen:
+        session.run("backlog", lambda r: backlog_bench.run(r, stack, db, count=args.backlog), notes=notes)
+        after["benchmark 4"] = memory.Rss.of(stack)
+    if "memory" in chosen:
+        session.run("memory", lambda r: memory.run(r, stack, db, rounds=args.rounds, after=after), notes=notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
     with ExitStack() as resources:
         target = resources.enter_context(redis_server())
-        redis_note = f"Redis: {target.note}."
         if "policy" in chosen:
             session.run(
                 "policy",
@@ -131,32 +189,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "proxy" in chosen:
             session.run("proxy", lambda r: proxy.run(r))
         if any(k in STACK_BENCHMARKS for k in chosen):
-            db = resources.enter_context(database())
-            tmp = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="orderflow-bench-")))
-            _say("starting the stack (python -m app.stack, what `make run` execs)")
-            stack = resources.enter_context(running_stack(db, target, tmp / "var"))
-            notes = [f"Database: {db.note}. {redis_note}"]
-            options = placement.LoadOptions(duration=args.duration)
-            after: dict[str, memory.Rss] = {}
-            if "placement" in chosen:
-                session.run(
-                    "placement",
-                    lambda r: placement.run(r, stack, db, options=options, profile=not args.no_profile),
-                    notes=notes,
-                )
-                after["benchmark 2"] = memory.Rss.of(stack)
-                placement.wait_drained(db, timeout=90)
-            if "degraded" in chosen:
-                session.run("degraded", lambda r: degraded.run(r, stack, options=options), notes=notes)
-            if "backlog" in chosen:
-                session.run(
-                    "backlog", lambda r: backlog_bench.run(r, stack, db, count=args.backlog), notes=notes
-                )
-                after["benchmark 4"] = memory.Rss.of(stack)
-            if "memory" in chosen:
-                session.run(
-                    "memory", lambda r: memory.run(r, stack, db, rounds=args.rounds, after=after), notes=notes
-                )
+            kinds = ["SQLite"] if any(k in PER_DATABASE for k in chosen) else []
+            postgres, source = postgres_available()
+            if postgres is not None:
+                kinds.append("PostgreSQL")
+            else:
+                _say(f"PostgreSQL: {source}; running on SQLite only")
+                session.header.append(f"PostgreSQL: {source}, so this run used SQLite alone.")
+            if not kinds:
+                kinds = ["SQLite"]
+            for kind in kinds:
+                last = kind == kinds[-1]
+                with ExitStack() as per_database:
+                    db = per_database.enter_context(
+                        sqlite_database() if kind == "SQLite" else postgres_database(postgres or "", source)
+                    )
+                    _stack_benchmarks(
+                        session, args, [k for k in chosen if k in PER_DATABASE or last], db, target, per_database
+                    )
     _say(f"done in {time.monotonic() - started:.0f} s; wrote {_shown(args.output)} and {_shown(PLOTS)}/*.png")
     return 0
 

@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -55,6 +57,15 @@ class Database:
     schema: str | None
     note: str
 
+    @property
+    def kind(self) -> str:
+        """The database's name as the document shows it."""
+        return "SQLite" if self.url.startswith("sqlite") else "PostgreSQL"
+
+    @property
+    def slug(self) -> str:
+        return self.kind.lower()
+
     def env(self) -> dict[str, str]:
         env = {"DATABASE_URL": self.url}
         if self.schema:
@@ -83,21 +94,51 @@ def _postgres_reachable(url: str) -> bool:
         engine.dispose()
 
 
-@contextmanager
-def database(*, prefer: str = POSTGRES_URL) -> Iterator[Database]:
-    """A migrated schema of the bench's own on the machine's PostgreSQL, dropped afterwards; else SQLite."""
-    from app.adapters.migrate import scratch_schema, upgrade
+def postgres_url(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The PostgreSQL the benchmarks run on, and where it comes from: `DATABASE_URL` when it names a
+    PostgreSQL database, else the machine's at 127.0.0.1:5432."""
+    configured = (os.environ if env is None else env).get("DATABASE_URL", "")
+    if configured and make_url(configured).get_backend_name() == "postgresql":
+        return configured, "DATABASE_URL"
+    return POSTGRES_URL, "the machine's PostgreSQL"
 
-    if _postgres_reachable(prefer):
-        with scratch_schema(prefer, prefix="bench_") as schema:
-            yield Database(
-                prefer, schema, f"PostgreSQL 127.0.0.1:5432 db `test`, schema `{schema}` (dropped after)"
-            )
-        return
+
+def postgres_available(env: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """(URL, source) of the PostgreSQL to benchmark on, or (None, why not) when it cannot be reached."""
+    url, source = postgres_url(env)
+    if _postgres_reachable(url):
+        return url, source
+    shown = make_url(url)
+    return None, f"{source} ({shown.host}:{shown.port or 5432}, db `{shown.database}`) was not reachable"
+
+
+@contextmanager
+def postgres_database(url: str, source: str) -> Iterator[Database]:
+    """A migrated schema of the bench's own on a PostgreSQL database, dropped afterwards."""
+    from app.adapters.migrate import scratch_schema
+
+    shown = make_url(url)
+    with scratch_schema(url, prefix="bench_") as schema:
+        yield Database(
+            url,
+            schema,
+            f"{source} at {shown.host}:{shown.port or 5432}, db `{shown.database}`, schema `{schema}` "
+            "(dropped after)",
+        )
+
+
+@contextmanager
+def sqlite_database() -> Iterator[Database]:
+    """The embedded default a `make run` user gets with no DATABASE_URL: a SQLite file (here one of the
+    bench's own, removed afterwards), migrated, opened by the same engine (WAL, busy timeout)."""
+    from app.adapters.migrate import upgrade
+
     with tempfile.TemporaryDirectory(prefix="orderflow-bench-db-") as tmp:
         url = f"sqlite:///{tmp}/orderflow.db"
         upgrade(url)
-        yield Database(url, None, "SQLite (PostgreSQL on 127.0.0.1:5432 was not reachable)")
+        yield Database(
+            url, None, "a file of its own, opened as `make run` opens its default with no DATABASE_URL (WAL)"
+        )
 
 
 @contextmanager

@@ -15,6 +15,11 @@ baseline run in the same process or the same minute on the same machine, because
 between runs: the **ratio** (ours / baseline) is the figure to read. One benchmark alone:
 `python -m bench policy|placement|degraded|backlog|proxy|memory` (it rewrites its own table and keeps the
 others).
+
+Placement (2) and degraded placement (3) run on both databases, each with a stack of its own and a table of
+its own: SQLite, the embedded default `make run` uses with no `DATABASE_URL`, and PostgreSQL, the one
+`DATABASE_URL` names when it names one, else the machine's at 127.0.0.1:5432 when it answers (a run without
+it says so at the top). The backlog drain (4) and memory (6) run once, on PostgreSQL when there is one.
 """
 
 
@@ -75,8 +80,16 @@ def section(number: int, result: BenchmarkResult) -> str:
         "",
         f"Run {result.date}, commit `{result.commit}`, command `{result.command}`, {result.seconds:.0f} s.",
         "",
-        table(result.measurements),
     ]
+    groups = list(dict.fromkeys(m.group for m in result.measurements))
+    if groups == [""]:
+        parts.append(table(result.measurements))
+    else:
+        for group in groups:
+            if group:
+                parts += [f"### {group}", ""]
+            parts += [table(m for m in result.measurements if m.group == group), ""]
+        parts.pop()
     if result.notes:
         parts += ["", *[f"- {note}" for note in result.notes]]
     for plot in result.plots:

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Direction = Literal["higher", "lower", "none"]
+# "higher"/"lower": a goal on the ratio; "at_most": a goal on our figure itself (a count of errors, say).
+Direction = Literal["higher", "lower", "at_most", "none"]
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,12 @@ class Measurement:
     baseline_name: str = ""
     command: str = ""
     goal: str = ""
-    # The goal on the ratio: ratio <= limit ("lower") or ratio >= limit ("higher"); None when no goal.
+    # The goal on the ratio: ratio <= limit ("lower") or ratio >= limit ("higher"); on our figure: ours <=
+    # limit ("at_most"); None when no goal.
     limit: float | None = None
     direction: Direction = "none"
     note: str = ""
+    group: str = ""  # the part of a benchmark it belongs to (the database it ran on); one table per group
 
     @property
     def ratio(self) -> float | None:
@@ -38,6 +41,8 @@ class Measurement:
 
     @property
     def met(self) -> bool | None:
+        if self.direction == "at_most" and self.limit is not None:
+            return self.ours <= self.limit
         ratio = self.ratio
         if self.limit is None or ratio is None or self.direction == "none":
             return None
@@ -46,7 +51,11 @@ class Measurement:
     @property
     def miss(self) -> str:
         """By how much the goal is missed, in words; empty when met or without a goal."""
-        if self.met is not False or self.limit is None or self.ratio is None:
+        if self.met is not False or self.limit is None:
+            return ""
+        if self.direction == "at_most":
+            return f"{self.ours:g} vs <= {self.limit:g}"
+        if self.ratio is None:
             return ""
         if self.direction == "lower":
             return f"{self.ratio / self.limit:.2f}x over the limit ({self.ratio:.3g} vs <= {self.limit:g})"

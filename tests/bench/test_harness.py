@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+import bench.__main__ as bench_main
 from bench import policy
-from bench.environment import ROOT
+from bench.environment import POSTGRES_URL, ROOT, Database, postgres_url
 from bench.load import _SCRIPT, PERCENTILES, LoadResult
 from bench.profiling import summarise
 from bench.report import document, table
@@ -114,3 +117,54 @@ def test_wrk_script_reports_every_percentile_as_json() -> None:
 
     assert "BENCH_JSON" in script and "latency:percentile(p)" in script
     assert load.ok_per_second == 45.0 and load.p(99) == 8.0
+
+
+def test_a_benchmark_run_on_two_databases_shows_one_table_for_each() -> None:
+    result = BenchmarkResult("placement", "Order placement", "2026-01-01 00:00 UTC", "abc123", "python -m bench")
+    for group, ours in (("SQLite", 80.0), ("PostgreSQL", 95.0)):
+        result.add(Measurement("(a) healthy payment: orders/s", "orders/s", ours, 100.0, "naive", limit=0.9,
+                               direction="higher", goal=">= 90%", group=group))
+
+    text = document({"placement": result})
+
+    sqlite, postgres = text.index("### SQLite"), text.index("### PostgreSQL")
+    assert sqlite < postgres
+    assert "**missed**" in text[sqlite:postgres] and "**met**" in text[postgres:]
+    assert text.count("| measure | baseline |") == 2
+    assert "commit `abc123`" in text and "command `python -m bench`" in text
+
+
+def test_a_goal_on_our_own_figure_counts_errors_whatever_the_baseline_did() -> None:
+    clean = Measurement("non-2xx", "answers", 0.0, 3.0, "naive", goal="0", limit=0.0, direction="at_most")
+    failing = Measurement("non-2xx", "answers", 1.0, 0.0, "naive", goal="0", limit=0.0, direction="at_most")
+
+    assert clean.met is True and clean.ratio == 0.0
+    assert failing.met is False and failing.ratio is None and failing.miss == "1 vs <= 0"
+
+
+def test_benchmarks_run_on_postgresql_from_database_url_or_else_the_machines() -> None:
+    named = "postgresql+psycopg://me@db.example:5433/orders"
+
+    assert postgres_url({"DATABASE_URL": named}) == (named, "DATABASE_URL")
+    assert postgres_url({"DATABASE_URL": "sqlite:///var/orderflow.db"})[0] == POSTGRES_URL
+    assert postgres_url({})[0] == POSTGRES_URL
+    assert Database("sqlite:///x.db", None, "").kind == "SQLite"
+    assert Database(named, "bench_1", "").slug == "postgresql"
+
+
+def test_the_parts_of_a_benchmark_run_on_two_databases_add_up_to_one_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_main, "RESULTS", tmp_path / "results.json")
+    session = bench_main.Session(tmp_path / "benchmarks.md", "python -m bench placement")
+
+    for group in ("SQLite", "PostgreSQL"):
+        session.run(
+            "placement",
+            lambda r, group=group: r.add(Measurement("x", "ms", 1.0, 1.0, "b", group=group)),
+            part=group,
+        )
+
+    result = load_results(tmp_path / "results.json")["placement"]
+    assert [m.group for m in result.measurements] == ["SQLite", "PostgreSQL"]
+    assert "### SQLite" in (tmp_path / "benchmarks.md").read_text()
