@@ -51,7 +51,17 @@ from .backlog import (
     write_backlog,
 )
 from .backlog import _engine as bench_engine
-from .environment import DOCS, ROOT, Database, commit, database, now_text, redis_server
+from .environment import (
+    DOCS,
+    ROOT,
+    Database,
+    commit,
+    now_text,
+    postgres_available,
+    postgres_database,
+    redis_server,
+    sqlite_database,
+)
 from .load import ORDER_BODY
 from .stack import BenchStack, free_ports, running_stack, stop_process, tail, wait_http
 
@@ -361,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m bench.scaling " + " ".join(argv if argv is not None else sys.argv[1:])
     with ExitStack() as resources:
         target = resources.enter_context(redis_server())
-        db = resources.enter_context(database())
+        # A fleet shares one PostgreSQL: measure on it when it answers, else on the embedded SQLite.
+        postgres, source = postgres_available()
+        db = resources.enter_context(postgres_database(postgres, source) if postgres else sqlite_database())
         tmp = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="orderflow-scaling-")))
         _say(f"starting the stack; database: {db.note}")
         stack = resources.enter_context(running_stack(db, target, tmp / "var"))
