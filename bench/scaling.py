@@ -345,11 +345,13 @@ def render(db: Database, placement: Placement, drains: list[GroupDrain], *, comm
     lines += ["", "CPU per job by process (ms), per drain:", ""]
     lines += [f"- {d.groups} group{'s' if d.groups > 1 else ''}: {_roles(d.role_ms)}; kernel and rest of the "
               f"machine {_rest(d.role_ms):.2f}." for d in drains]
-    ceiling = cores * 1000 / one.cpu_ms_per_job if one.cpu_ms_per_job else 0.0
+    cheapest = min((d for d in drains if d.cpu_ms_per_job), key=lambda d: d.cpu_ms_per_job, default=one)
+    ceiling = cores * 1000 / cheapest.cpu_ms_per_job if cheapest.cpu_ms_per_job else 0.0
     lines += [
         "",
-        f"With every process on one machine, a job costs {one.cpu_ms_per_job:.2f} ms of CPU in all, so "
-        f"{cores} cores cap the drain near {ceiling:,.0f} jobs/s whatever the number of groups.",
+        f"With every process on one machine, a job costs at least {cheapest.cpu_ms_per_job:.2f} ms of CPU in all "
+        f"(with {cheapest.groups} group{'s' if cheapest.groups > 1 else ''}), so {cores} cores cap the drain near "
+        f"{ceiling:,.0f} jobs/s whatever the number of groups.",
     ]
     return "\n".join(lines)
 
