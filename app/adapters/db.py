@@ -9,30 +9,18 @@ caller allows (`lock_wait`, else QUEUE_WAIT_SECONDS). Only a lock under which no
 DB_WAIT_SECONDS makes it give up. SQLite's own busy handler is not fair (a waiter polls with growing
 sleeps, and a newcomer may take the lock between two polls), so under load a flat two-second timeout
 turned ordinary queueing into `database is locked`.
-
-The threads of one process take turns at the write lock before they ask SQLite for it (`WriterTurn`): a
-thread that finishes its transaction wakes the next one at once, where SQLite's busy handler would leave the
-lock idle while every waiter sleeps out its poll (up to 50 ms at a time, more as waits grow). Only one thread
-per process then polls SQLite, so the queue between processes stays short, and a request's wait for the lock
-is its place in the queue rather than the luck of its polls.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-import threading
 import time
-import weakref
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-
-from app.forks import on_fork
 
 DB_WAIT_SECONDS = 2.0
 DEFAULT_BUSY_MS = int(DB_WAIT_SECONDS * 1000)
@@ -88,9 +76,6 @@ def _sqlite_engine(url: str) -> Engine:
         pool_timeout=DB_WAIT_SECONDS,
     )
 
-    turn = WriterTurn()
-    _ENGINE_TURNS[engine] = turn
-
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Autocommit at the driver level: SQLAlchemy's "begin" event below decides how each
@@ -112,113 +97,9 @@ def _sqlite_engine(url: str) -> Engine:
             _busy_timeout(conn, min(DB_WAIT_SECONDS, options.get("lock_wait", DB_WAIT_SECONDS)))
             conn.exec_driver_sql("BEGIN")
         else:
-            _begin_immediate(conn, total=options.get("lock_wait", QUEUE_WAIT_SECONDS), turn=turn)
-
-    # The turn passes on as the transaction ends, just before its COMMIT or ROLLBACK reaches SQLite (there is no
-    # event after it): the next writer's BEGIN IMMEDIATE meets at most that statement, which is short in WAL.
-    @event.listens_for(engine, "commit")
-    def _on_commit(conn: Connection) -> None:
-        turn.release(conn.info)
-
-    @event.listens_for(engine, "rollback")
-    def _on_rollback(conn: Connection) -> None:
-        turn.release(conn.info)
-
-    # A connection that leaves without either (invalidated, closed under a transaction) gives its turn back too.
-    @event.listens_for(engine, "checkin")
-    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
-        if record is not None:
-            turn.release(record.info)
-
-    @event.listens_for(engine, "invalidate")
-    def _on_invalidate(_dbapi_conn: Any, record: Any, _exc: Any) -> None:
-        if record is not None:
-            turn.release(record.info)
+            _begin_immediate(conn, total=options.get("lock_wait", QUEUE_WAIT_SECONDS))
 
     return engine
-
-
-class WriterTurn:
-    """The turns of one process's threads at SQLite's write lock, first come first served: one per engine.
-
-    A writer joins the queue and waits for its ticket; the turn passes from one writer to the next directly, so
-    a writer that commits and comes straight back goes behind the ones already waiting. A connection holding
-    the turn says so in its `info` (the pool's record of it), so whichever event ends its transaction first
-    gives the turn back, once."""
-
-    _KEY = "orderflow_writer_turn"
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._held = False
-        self._queue: deque[threading.Event] = deque()
-        _TURNS.add(self)
-
-    @property
-    def held(self) -> bool:
-        return self._held
-
-    @property
-    def waiting(self) -> int:
-        """Writers of this process queued for the turn."""
-        return len(self._queue)
-
-    def join(self) -> threading.Event:
-        """A place in the queue: the ticket is set when the turn is this writer's."""
-        ticket = threading.Event()
-        with self._mutex:
-            if self._held:
-                self._queue.append(ticket)
-            else:
-                self._held = True
-                ticket.set()
-        return ticket
-
-    def leave(self, ticket: threading.Event) -> None:
-        """Give up a place in the queue, or the turn if it came meanwhile."""
-        with self._mutex:
-            if not ticket.is_set():
-                self._queue.remove(ticket)
-                return
-        self._pass_on()
-
-    def hold(self, info: dict[Any, Any]) -> None:
-        """The connection of `info` has begun its transaction with the turn."""
-        info[self._KEY] = self
-
-    def release(self, info: dict[Any, Any]) -> None:
-        if info.pop(self._KEY, None) is self:
-            self._pass_on()
-
-    def _pass_on(self) -> None:
-        with self._mutex:
-            if self._queue:
-                self._queue.popleft().set()
-            else:
-                self._held = False
-
-    def _after_fork(self) -> None:
-        # The queue's writers and the turn's holder are threads the child does not have.
-        self._mutex = threading.Lock()
-        self._held = False
-        self._queue = deque()
-
-
-_TURNS: weakref.WeakSet[WriterTurn] = weakref.WeakSet()
-_ENGINE_TURNS: weakref.WeakKeyDictionary[Engine, WriterTurn] = weakref.WeakKeyDictionary()
-
-
-def writer_turn(engine: Engine) -> WriterTurn | None:
-    """The writers' turn of a SQLite engine in this process; None for PostgreSQL, whose row locks queue fairly."""
-    return _ENGINE_TURNS.get(engine)
-
-
-def _reset_turns() -> None:
-    for turn in list(_TURNS):
-        turn._after_fork()
-
-
-on_fork(after_in_child=_reset_turns)
 
 
 def _busy_timeout(conn: Connection, seconds: float) -> None:
@@ -247,51 +128,30 @@ def _is_locked(exc: OperationalError) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
-def _begin_immediate(conn: Connection, *, total: float, turn: WriterTurn | None = None) -> None:
+def _begin_immediate(conn: Connection, *, total: float) -> None:
     """BEGIN IMMEDIATE: the write lock taken up front, so a writer never fails to upgrade a read lock.
 
-    First the process's turn (`turn`), then SQLite's lock, both in windows of LOCK_WINDOW_SECONDS for at most
-    `total`; gives up early once nobody has committed for DB_WAIT_SECONDS (or `total`, if shorter), with
-    SQLite's `database is locked` error (the last window's, or one of the same words while still waiting for
-    the turn). A writer that gives up keeps no turn and no place in the queue."""
+    Waits in windows of LOCK_WINDOW_SECONDS for at most `total`, and gives up early once nobody has committed
+    for DB_WAIT_SECONDS (or `total`, if shorter): the `database is locked` error of the last window leaves."""
     stall = min(DB_WAIT_SECONDS, total)
     started = progressed = time.monotonic()
     version = _data_version(conn)
-    ticket = turn.join() if turn is not None else None
-    try:
-        while True:
-            now = time.monotonic()
-            window = max(0.001, min(LOCK_WINDOW_SECONDS, stall - (now - progressed), total - (now - started)))
-            failure: OperationalError | None = None
-            if ticket is not None and not ticket.is_set():
-                if ticket.wait(window):
-                    continue
-            else:
-                _busy_timeout(conn, window)
-                try:
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                except OperationalError as exc:
-                    if not _is_locked(exc):
-                        raise
-                    failure = exc
-                else:
-                    if turn is not None:
-                        turn.hold(conn.info)
-                    ticket = None
-                    return
+    while True:
+        now = time.monotonic()
+        left = min(stall - (now - progressed), total - (now - started))
+        _busy_timeout(conn, max(0.001, min(LOCK_WINDOW_SECONDS, left)))
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            if not _is_locked(exc):
+                raise
             now = time.monotonic()
             seen = _data_version(conn)
             if seen is not None and seen != version:
                 version, progressed = seen, now
             if now - progressed >= stall - 0.001 or now - started >= total - 0.001:
-                if failure is not None:
-                    raise failure
-                raise OperationalError(
-                    "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked (waiting for a turn)")
-                )
-    finally:
-        if ticket is not None and turn is not None:
-            turn.leave(ticket)
+                raise
 
 
 def lock_wait(seconds: float) -> float:
