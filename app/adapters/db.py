@@ -14,6 +14,7 @@ turned ordinary queueing into `database is locked`.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+
+from app.adapters.writer_turn import TurnConnection, TurnTimeout, WriterTurn, connection_turn, writer_turn
 
 DB_WAIT_SECONDS = 2.0
 DEFAULT_BUSY_MS = int(DB_WAIT_SECONDS * 1000)
@@ -66,11 +69,15 @@ def make_engine(
 
 def _sqlite_engine(url: str) -> Engine:
     database = make_url(url).database
-    if database and database != ":memory:":
+    connect_args: dict[str, Any] = {"timeout": DB_WAIT_SECONDS, "check_same_thread": False}
+    turn: WriterTurn | None = None
+    if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+        turn = writer_turn(database)
+        connect_args["factory"] = TurnConnection
     engine = create_engine(
         url,
-        connect_args={"timeout": DB_WAIT_SECONDS, "check_same_thread": False},
+        connect_args=connect_args,
         pool_size=10,
         max_overflow=10,
         pool_timeout=DB_WAIT_SECONDS,
@@ -97,7 +104,7 @@ def _sqlite_engine(url: str) -> Engine:
             _busy_timeout(conn, min(DB_WAIT_SECONDS, options.get("lock_wait", DB_WAIT_SECONDS)))
             conn.exec_driver_sql("BEGIN")
         else:
-            _begin_immediate(conn, total=options.get("lock_wait", QUEUE_WAIT_SECONDS))
+            _begin_immediate(conn, total=options.get("lock_wait", QUEUE_WAIT_SECONDS), turn=turn)
 
     return engine
 
@@ -128,30 +135,56 @@ def _is_locked(exc: OperationalError) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
-def _begin_immediate(conn: Connection, *, total: float) -> None:
+class _LockWait:
+    """One writer's wait: its bound, and the commits of others it has seen (the queue moving)."""
+
+    def __init__(self, conn: Connection, total: float) -> None:
+        self.conn = conn
+        self.total = total
+        self.stall = min(DB_WAIT_SECONDS, total)
+        self.started = self.progressed = time.monotonic()
+        self.version = _data_version(conn)
+
+    def left(self) -> float:
+        now = time.monotonic()
+        return min(self.stall - (now - self.progressed), self.total - (now - self.started))
+
+    def over(self) -> bool:
+        """Looks for others' commits since the last look; True once the wait is over its bound."""
+        now = time.monotonic()
+        seen = _data_version(self.conn)
+        if seen is not None and seen != self.version:
+            self.version, self.progressed = seen, now
+        return now - self.progressed >= self.stall - 0.001 or now - self.started >= self.total - 0.001
+
+
+def _begin_immediate(conn: Connection, *, total: float, turn: WriterTurn | None = None) -> None:
     """BEGIN IMMEDIATE: the write lock taken up front, so a writer never fails to upgrade a read lock.
 
-    Waits in windows of LOCK_WINDOW_SECONDS for at most `total`, and gives up early once nobody has committed
-    for DB_WAIT_SECONDS (or `total`, if shorter): the `database is locked` error of the last window leaves."""
-    stall = min(DB_WAIT_SECONDS, total)
-    started = progressed = time.monotonic()
-    version = _data_version(conn)
-    while True:
-        now = time.monotonic()
-        left = min(stall - (now - progressed), total - (now - started))
-        _busy_timeout(conn, max(0.001, min(LOCK_WINDOW_SECONDS, left)))
+    With a `turn`, the writer first waits for its turn among the writers of every process (the kernel hands
+    it over, see app/adapters/writer_turn.py), then takes the lock, which is then almost always free.
+    Either wait lasts at most `total`, and ends early once nobody has committed for DB_WAIT_SECONDS (or
+    `total`, if shorter): `database is locked` leaves, as from SQLite."""
+    wait = _LockWait(conn, total)
+    holder = connection_turn(conn.connection.dbapi_connection) if turn is not None else None
+    if turn is not None and holder is not None and holder.turn is None:
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            return
-        except OperationalError as exc:
-            if not _is_locked(exc):
-                raise
-            now = time.monotonic()
-            seen = _data_version(conn)
-            if seen is not None and seen != version:
-                version, progressed = seen, now
-            if now - progressed >= stall - 0.001 or now - started >= total - 0.001:
-                raise
+            holder.hold(turn, turn.acquire(max(0.001, min(LOCK_WINDOW_SECONDS, total)), wait.over))
+        except TurnTimeout:
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")) from None
+    try:
+        while True:
+            _busy_timeout(conn, max(0.001, min(LOCK_WINDOW_SECONDS, wait.left())))
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if not _is_locked(exc) or wait.over():
+                    raise
+    except BaseException:
+        if holder is not None:
+            holder.let_go()
+        raise
 
 
 def lock_wait(seconds: float) -> float:
