@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import Any
 
 from app.domain import (
-    PAYMENT_STATUS_FOR,
     AttemptRecord,
     DeadLetter,
     FailureReason,
@@ -121,20 +120,17 @@ class MemoryOrders(_Repo):
         order = self._d.orders.get(order_id)
         if order is None or order.status is not from_status:
             return False
-        self._d.orders[order_id] = replace(
-            order, status=to_status, message=message, updated_at=now,
-            payment=replace(order.payment, status=PAYMENT_STATUS_FOR[to_status], payment_id=payment_id,
-                            failure_reason=failure_reason),
-        )
+        self._d.orders[order_id] = order.moved(to_status, now=now, payment_id=payment_id,
+                                               failure_reason=failure_reason, message=message)
         return True
 
-    def record_attempts(self, order_id: str, attempts: Sequence[AttemptRecord], *, now: datetime) -> None:
+    def record_attempts(self, order_id: str, attempts: Sequence[AttemptRecord], *, now: datetime) -> int | None:
         if not attempts or order_id not in self._d.orders:
-            return
+            return None
         self._d.attempts.setdefault(order_id, []).extend(attempts)
         order = self._d.orders[order_id]
-        self._d.orders[order_id] = replace(order, updated_at=now, payment=replace(
-            order.payment, attempts=order.payment.attempts + len(attempts)))
+        self._d.orders[order_id] = order.with_attempts(order.payment.attempts + len(attempts), now=now)
+        return order.payment.attempts + len(attempts)
 
     def attempts_since_last_dead_letter(self, order_id: str) -> list[dict[str, Any]]:
         earlier = sum(d.attempts for d in self._d.dead_letters.values() if d.order_id == order_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -106,6 +106,17 @@ class Order:
     created_at: datetime
     updated_at: datetime
     message: str | None = None
+
+    def moved(self, to_status: OrderStatus, *, now: datetime, payment_id: str | None = None,
+              failure_reason: FailureReason | None = None, message: str | None = None) -> Order:
+        """The order as a move to `to_status` leaves it (what the orders repository's `move` stores)."""
+        check_transition(self.status, to_status)
+        return replace(self, status=to_status, message=message, updated_at=now,
+                       payment=replace(self.payment, status=PAYMENT_STATUS_FOR[to_status], payment_id=payment_id,
+                                       failure_reason=failure_reason))
+
+    def with_attempts(self, attempts: int, *, now: datetime) -> Order:
+        return replace(self, updated_at=now, payment=replace(self.payment, attempts=attempts))
 
     @property
     def total(self) -> Decimal:

@@ -270,22 +270,30 @@ class OrderPlacement:
             return order
 
     def _record_payment(self, order: Order, result: CaptureResult, now: datetime, *, wait: float) -> Order:
+        """The call's outcome on the order, in one write transaction. When the order moves, it is what this
+        request wrote (no read back under the write lock); otherwise it is read as it is now."""
+        stored: Order | None = None
         with self.uow(wait=wait) as uow:
-            uow.orders.record_attempts(order.id, result.attempts, now=now)
+            attempts = uow.orders.record_attempts(order.id, result.attempts, now=now)
+            if attempts is not None:
+                order = order.with_attempts(attempts, now=now)
             if result.outcome == "captured":
                 if uow.orders.move(order.id, from_status=OrderStatus.PAYMENT_PENDING,
                                    to_status=OrderStatus.CONFIRMED, now=now, payment_id=result.payment_id):
                     uow.outbox.payments.close(order.id, now=now)
                     uow.outbox.notifications.add(order.id, ORDER_CONFIRMED, now=now)
+                    stored = order.moved(OrderStatus.CONFIRMED, now=now, payment_id=result.payment_id)
             elif result.outcome == "declined":
                 if uow.orders.move(order.id, from_status=OrderStatus.PAYMENT_PENDING,
                                    to_status=OrderStatus.PAYMENT_FAILED, now=now,
                                    failure_reason=FailureReason.DECLINED):
                     uow.outbox.payments.close(order.id, now=now)
+                    stored = order.moved(OrderStatus.PAYMENT_FAILED, now=now, failure_reason=FailureReason.DECLINED)
             else:
                 uow.outbox.payments.set_due(order.id, due_at=now, now=now)
                 uow.publish(PaymentDue(order.id))
-            stored = uow.orders.get(order.id)
+            if stored is None:
+                stored = uow.orders.get(order.id)
             uow.commit()
         assert stored is not None
         if result.outcome == "declined":

@@ -127,8 +127,9 @@ class Orders(Protocol):
              message: str | None = None) -> bool:
         """A conditional move: of two processes moving one order, exactly one wins."""
 
-    def record_attempts(self, order_id: str, attempts: Sequence[AttemptRecord], *, now: datetime) -> None:
-        """Every HTTP call made to the payment service for the order, counted on it (never reset)."""
+    def record_attempts(self, order_id: str, attempts: Sequence[AttemptRecord], *, now: datetime) -> int | None:
+        """Every HTTP call made to the payment service for the order, counted on it (never reset).
+        The order's count after them; None when there were none or no such order."""
 
     def attempts_since_last_dead_letter(self, order_id: str) -> list[dict[str, Any]]:
         """The payment attempts of the run since the order's last replay (all of them if never replayed)."""

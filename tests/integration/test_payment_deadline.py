@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from app.adapters.db import make_engine
 from app.adapters.sql import SqlUnitOfWorkFactory
 from app.adapters.sql.tables import payment_jobs
-from app.domain import Order, OrderStatus
+from app.domain import Order, OrderStatus, PaymentDeclined
 from app.services.ordering import (
     MIN_PAYMENT_WINDOW,
     PAYMENT_RESERVE,
@@ -196,3 +196,26 @@ def test_with_payment_hanging_the_whole_placement_ends_within_total_timeout(engi
 
     assert payments.calls == [order.id]
     assert elapsed < 2.0, f"placement took {elapsed:.2f} s with a 2 s payment total_timeout"
+
+
+@pytest.mark.parametrize(("outcome", "customer_id", "status"), [
+    ("captured", 7, OrderStatus.CONFIRMED),
+    ("declined", 402, OrderStatus.PAYMENT_FAILED),
+    ("failed", 7, OrderStatus.PAYMENT_PENDING),
+])
+def test_the_order_answered_after_the_payment_is_the_order_stored(
+    engine: Engine, outcome: str, customer_id: int, status: OrderStatus
+) -> None:
+    """The moved order is built from what the transaction wrote, not read back under the write lock: it must
+    be exactly what a later read finds."""
+    clock = Clock()
+    service = placement(engine, clock, FakeInventory(), FakePayments(outcome=outcome), FakePublisher())
+    try:
+        answered = service.place(PlaceOrder(customer_id=customer_id, lines=((1, 2), (2, 1))), started=clock())
+    except PaymentDeclined as declined:
+        answered = declined.order
+    with SqlUnitOfWorkFactory(engine)(read_only=True) as unit:
+        stored = unit.orders.get(answered.id)
+    assert stored is not None
+    assert answered.status is status and answered.payment.attempts == 1
+    assert answered.to_dict() == stored.to_dict()

@@ -141,15 +141,19 @@ class SqlOrders:
         )
         return result.rowcount == 1
 
-    def record_attempts(self, order_id: str, attempts: Sequence[AttemptRecord], *, now: datetime) -> None:
+    def record_attempts(self, order_id: str, attempts: Sequence[AttemptRecord], *, now: datetime) -> int | None:
         if not attempts:
-            return
+            return None
         self._conn.execute(_INSERT_ATTEMPTS, attempt_rows(order_id, attempts))
-        self._conn.execute(
+        count = (
             update(orders)
             .where(orders.c.id == order_id)
             .values(payment_attempts=orders.c.payment_attempts + len(attempts), updated_at=now)
         )
+        if self._conn.dialect.update_returning:  # PostgreSQL, SQLite 3.35 and later
+            return self._conn.execute(count.returning(orders.c.payment_attempts)).scalar()
+        self._conn.execute(count)
+        return self._conn.execute(select(orders.c.payment_attempts).where(orders.c.id == order_id)).scalar()
 
     def attempts_since_last_dead_letter(self, order_id: str) -> list[dict[str, Any]]:
         """Each earlier dead letter holds every attempt up to it, so the attempts of this run are those after
