@@ -7,7 +7,8 @@ keeps such state says here what to do around a fork, and this module is the one 
 code: the hooks run in the order they were registered.
 
 Registered today: the HTTP transport and its watchdog (`app/adapters/http/`), the Redis breaker store
-(`app/adapters/redis_breaker_store.py`), and the worker's relay, which keeps forks out of its transactions
+(`app/adapters/redis_breaker_store.py`), the SQLite writers' turn, whose queue and file lock are per process
+(`app/adapters/writer_turn.py`), and the worker's relay, which keeps forks out of its transactions
 (`workers/relay.py`).
 """
 

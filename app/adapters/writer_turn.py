@@ -169,9 +169,17 @@ def writer_turn(database: str) -> WriterTurn:
 
 
 def _reset_after_fork() -> None:
+    """A forked child closes its copy of the parent's descriptor: a parent killed while holding the turn
+    must not leave the lock held by a child that shares the open file (the kernel drops a `flock` only when
+    every descriptor of that open file is closed). Closing a copy does not release the parent's lock."""
     global _turns_mutex
     _turns_mutex = threading.Lock()
     for turn in _turns.values():
+        if turn._fd >= 0:
+            try:
+                os.close(turn._fd)
+            except OSError:
+                pass
         turn._reset()
 
 

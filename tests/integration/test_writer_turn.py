@@ -6,7 +6,10 @@ yes: it can only get the turn by being woken with it, never by looking again aft
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -163,6 +166,42 @@ def test_a_waiter_gives_up_at_its_bound_and_leaves_the_turn_free(
     # The abandoned place in the queue does not keep the file lock: the next writer is served at once.
     ticket = turn.acquire(NEVER_AGAIN, always)
     turn.release(ticket)
+
+
+HOLDER_THAT_FORKS = """
+import os, sys, time
+from app.adapters.writer_turn import writer_turn
+turn = writer_turn(sys.argv[1])
+ticket = turn.acquire(60, lambda: True)
+if os.fork() == 0:
+    print("child", flush=True)
+    time.sleep(60)
+    os._exit(0)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_holder_killed_after_forking_does_not_leave_the_turn_to_its_child(tmp_path: Path) -> None:
+    """The child inherits the holder's open file; it must not keep the lock alive once the holder dies."""
+    turn = writer_turn(str(tmp_path / "orders.db"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_THAT_FORKS, str(tmp_path / "orders.db")],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+                              start_new_session=True)
+    try:
+        assert holder.stdout is not None
+        assert sorted(holder.stdout.readline() for _ in range(2)) == ["child\n", "held\n"]
+        served: list[str] = []
+        waiter = Waiter(turn, "here", served)
+        waiter.start()
+        wait_until(lambda: queued(turn) == 1)
+        holder.kill()  # the child lives on
+        holder.wait(10)
+        waiter.join(10)
+        assert waiter.error is None and served == ["here"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
 
 
 def _take_turn_in_child(path: str, result: multiprocessing.SimpleQueue) -> None:  # type: ignore[type-arg]
