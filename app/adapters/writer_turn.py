@@ -12,7 +12,11 @@ Here a writer takes its turn before `BEGIN IMMEDIATE` and gives it back right af
 - inside a process the waiting threads queue first come, first served, and one thread per process (the
   turn's server) blocks on the `flock` for them. A releasing writer hands the turn straight to the next
   thread of its own process, at most `LOCAL_RUN` times in a row, then gives the file lock back so another
-  process's writers get theirs.
+  process's writers get theirs;
+- the process that waits on the file lock holds a second one, the gate (`<database>.writers-gate`), while
+  it waits: a process that has just given the turn back, or a writer trying the free turn without waiting,
+  must pass the gate first, so the process already waiting gets the turn before it (the kernel alone would
+  let the first to ask again win).
 
 A waiter's bound is its caller's: `acquire` waits in windows and asks `give_up` between two (the engine
 gives up once nobody has committed for DB_WAIT_SECONDS, or its deadline passed). A writer that does not take
@@ -52,12 +56,14 @@ class _Ticket:
 class WriterTurn:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.gate_path = path.with_name(f"{path.name}-gate")
         self._reset()
 
     def _reset(self) -> None:
         # Also what a forked child starts with: the parent's queue, holder, file and server are not its own.
         self._pid = -1
         self._fd = -1
+        self._gate = -1
         self._mutex = threading.Lock()
         self._changed = threading.Condition(self._mutex)
         self._queue: deque[_Ticket] = deque()
@@ -69,6 +75,7 @@ class WriterTurn:
         if self._pid == os.getpid():
             return
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._gate = os.open(self.gate_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._pid = os.getpid()
         threading.Thread(target=self._serve, name="sqlite-writer-turn", daemon=True).start()
 
@@ -121,8 +128,14 @@ class WriterTurn:
                     self._changed.wait()
                 if self._pid != pid:
                     return
-                fd = self._fd
-            fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel wakes this thread when another process lets go
+                fd, gate = self._fd, self._gate
+            # Behind the process already waiting (it holds the gate), then on the turn itself: the kernel wakes
+            # this thread when the holder lets go.
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            finally:
+                fcntl.flock(gate, fcntl.LOCK_UN)
             with self._mutex:
                 following = self._next_waiter() if self._holder is None else None
                 if following is None:
@@ -134,10 +147,17 @@ class WriterTurn:
     # --- under the mutex -------------------------------------------------------------------------------------
 
     def _try_file_lock(self) -> bool:
+        """The free turn, taken without waiting, unless another process is waiting for it (holds the gate)."""
+        try:
+            fcntl.flock(self._gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        finally:
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
         return True
 
     def _next_waiter(self) -> _Ticket | None:
@@ -169,17 +189,18 @@ def writer_turn(database: str) -> WriterTurn:
 
 
 def _reset_after_fork() -> None:
-    """A forked child closes its copy of the parent's descriptor: a parent killed while holding the turn
-    must not leave the lock held by a child that shares the open file (the kernel drops a `flock` only when
-    every descriptor of that open file is closed). Closing a copy does not release the parent's lock."""
+    """A forked child closes its copies of the parent's descriptors: a parent killed while holding the turn
+    must not leave the lock (or the gate) held by a child that shares the open file (the kernel drops a
+    `flock` only when every descriptor of that open file is closed). Closing a copy releases nothing."""
     global _turns_mutex
     _turns_mutex = threading.Lock()
     for turn in _turns.values():
-        if turn._fd >= 0:
-            try:
-                os.close(turn._fd)
-            except OSError:
-                pass
+        for fd in (turn._fd, turn._gate):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         turn._reset()
 
 
