@@ -219,3 +219,16 @@ def test_the_order_answered_after_the_payment_is_the_order_stored(
     assert stored is not None
     assert answered.status is status and answered.payment.attempts == 1
     assert answered.to_dict() == stored.to_dict()
+
+
+def test_the_attempt_count_comes_back_without_returning_too(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database without UPDATE ... RETURNING (SQLite before 3.35) reads the count back in the transaction."""
+    clock = Clock()
+    service = placement(engine, clock, FakeInventory(), FakePayments(), FakePublisher())
+    monkeypatch.setattr(engine.dialect, "update_returning", False)
+    answered = service.place(ORDER, started=clock())
+    monkeypatch.undo()
+    with SqlUnitOfWorkFactory(engine)(read_only=True) as unit:
+        stored = unit.orders.get(answered.id)
+    assert stored is not None and answered.payment.attempts == stored.payment.attempts == 1
+    assert answered.to_dict() == stored.to_dict()
