@@ -23,6 +23,7 @@ from app.resilience import (
 )
 from app.services.flags import FlagService
 from app.services.idempotency import IdempotencyStore
+from app.services.load import ProcessLoad
 from app.services.notifications import BackgroundConfirmations, NotificationRunner
 from app.services.ordering import OrderPlacement
 from app.services.payment_jobs import PaymentJobRunner
@@ -278,13 +279,14 @@ def build_worker(services: Services) -> WorkerContext:
         uow=services.uow, sender=services.notifier, flags=services.flags,
         send_timeout=notification_policy.total_timeout, lease_margin=lease_margin,
     )
-    confirmations = BackgroundConfirmations(notifications)
+    load = ProcessLoad()
+    confirmations = BackgroundConfirmations(notifications, load=load)
     return WorkerContext(
         services=services,
         publisher=publisher,
         payments=PaymentJobRunner(
             uow=services.uow, gateway=services.job_payments, config=policies.jobs_payment,
-            confirmations=confirmations, lease_margin=lease_margin, on_outcome=count_payment_job,
+            confirmations=confirmations, load=load, lease_margin=lease_margin, on_outcome=count_payment_job,
         ),
         notifications=notifications,
         confirmations=confirmations,

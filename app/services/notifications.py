@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from app.resilience import full_jitter_delay
+from app.services.load import ProcessLoad
 from app.services.ports import FlagReader, NotificationSender
 from app.services.unit_of_work import ClaimedNotification, UnitOfWorkFactory
 
@@ -114,12 +115,20 @@ CONFIRMATION_QUEUE = 256
 # statement per confirmation would cost a draining backlog more than the sends.
 CONFIRMATION_BATCH = 64
 CONFIRMATION_LINGER = 0.05
+# While payment jobs keep this process busy (a backlog draining), confirmations wait for a quiet moment, for
+# at most this long: the cores are the payments' first, and a customer hears within a minute or so.
+CONFIRMATION_HOLD = 60.0
+# Confirmations a process may hold that way; past this, new ones go through the broker.
+CONFIRMATION_HELD = 10000
+# How often a holding sender thread looks at the process's load again.
+CONFIRMATION_HOLD_CHECK = 0.1
 
 
 @dataclass(frozen=True)
 class _Queued:
     job: ClaimedNotification
     send_by: float  # monotonic; later, its lease may have run out and the relay may have handed the job out
+    hold_until: float  # monotonic; until then it waits while payment jobs keep the process busy
 
 
 @dataclass
@@ -133,7 +142,12 @@ class BackgroundConfirmations:
     thread does not send while its lease lasts (the process died or stopped first) is handed out by the relay
     once the lease runs out. A send that fails or times out is retried the ordinary way, and for `pause`
     seconds later confirmations go through the broker, as they do while `max_queued` wait for the thread: a
-    slow notification service never slows down a payment backlog."""
+    slow notification service never slows down a payment backlog.
+
+    Payments first: while payment jobs keep the process busy (`load` saturated, a backlog draining), a
+    confirmation written then is held, under a lease `hold` seconds longer, and goes out at the first quiet
+    moment or once it has waited `hold` seconds, whichever comes first. Up to `max_held` are held so; past
+    that, new ones go through the broker. An exiting process (`flush`) sends what it holds at once."""
 
     runner: NotificationRunner
     send_timeout: float = CONFIRMATION_SEND_TIMEOUT
@@ -141,42 +155,63 @@ class BackgroundConfirmations:
     max_queued: int = CONFIRMATION_QUEUE
     batch: int = CONFIRMATION_BATCH
     linger: float = CONFIRMATION_LINGER
+    load: ProcessLoad | None = None
+    hold: float = CONFIRMATION_HOLD
+    max_held: int = CONFIRMATION_HELD
     _paused_until: float = field(default=float("-inf"), init=False)
     _queue: queue.Queue[_Queued] | None = field(default=None, init=False)
     _pid: int | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _flushing: threading.Event = field(default_factory=threading.Event, init=False)
 
     def __post_init__(self) -> None:
         self._sending = replace(self.runner, send_timeout=min(self.send_timeout, self.runner.send_timeout))
 
+    def _holding(self) -> bool:
+        return self.load is not None and self.hold > 0 and self.load.saturated()
+
     def claim_until(self, now: datetime) -> datetime | None:
-        """The lease of a job written claimed now, or None to leave the job to the relay (paused or backed up)."""
+        """The lease of a job written claimed now, or None to leave the job to the relay (paused or backed up).
+        Written while payment jobs keep the process busy, it is held: its lease is `hold` seconds longer."""
         if self.runner.monotonic() < self._paused_until:
             return None
+        holding = self._holding()
         waiting = self._queue
-        if waiting is not None and self._pid == os.getpid() and waiting.qsize() >= self.max_queued:
+        if waiting is not None and self._pid == os.getpid() and (
+            waiting.qsize() >= (self.max_held if holding else self.max_queued)
+        ):
             return None
-        return now + timedelta(seconds=self._sending.send_timeout + self._sending.lease_margin)
+        lease = self._sending.send_timeout + self._sending.lease_margin + (self.hold if holding else 0.0)
+        return now + timedelta(seconds=lease)
 
-    def send(self, job_id: int, order_id: str, kind: str) -> str:
-        """Queue a job written claimed for the sender thread; returns at once."""
+    def send(self, job_id: int, order_id: str, kind: str, lease_until: datetime) -> str:
+        """Queue a job written claimed until `lease_until` (what `claim_until` answered) for the sender thread;
+        returns at once."""
         job = ClaimedNotification(job_id, order_id, kind, 0)
-        self._sender().put(_Queued(job, self.runner.monotonic() + self._sending.lease_margin))
+        queued = self.runner.monotonic()
+        lease = (lease_until - self.runner.now()).total_seconds()
+        send_by = queued + lease - self._sending.send_timeout
+        self._sender().put(_Queued(job, send_by, send_by - self._sending.lease_margin))
         return "queued"
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the sender thread has handled everything queued so far; False if `timeout` ran out."""
+        """Wait until the sender thread has handled everything queued so far, held confirmations included
+        (they go out at once); False if `timeout` ran out."""
         waiting = self._queue
         if waiting is None or self._pid != os.getpid():
             return True
         deadline = time.monotonic() + timeout
-        with waiting.all_tasks_done:
-            while waiting.unfinished_tasks:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                waiting.all_tasks_done.wait(left)
-        return True
+        self._flushing.set()
+        try:
+            with waiting.all_tasks_done:
+                while waiting.unfinished_tasks:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    waiting.all_tasks_done.wait(left)
+            return True
+        finally:
+            self._flushing.clear()
 
     def _sender(self) -> queue.Queue[_Queued]:
         """This process's queue, its thread started on first use: threads do not survive a fork."""
@@ -191,6 +226,7 @@ class BackgroundConfirmations:
     def _run(self, waiting: queue.Queue[_Queued]) -> None:
         while True:
             batch = [waiting.get()]
+            self._wait_for_quiet(batch[0])
             gather_until = time.monotonic() + self.linger
             while len(batch) < self.batch:
                 try:
@@ -204,6 +240,20 @@ class BackgroundConfirmations:
             finally:
                 for _ in batch:
                     waiting.task_done()
+
+    def _wait_for_quiet(self, first: _Queued) -> None:
+        """Hold the oldest confirmation (and so every later one) while payment jobs keep the process busy,
+        until it has waited its hold out or the process exits."""
+        held = False
+        while not self._flushing.is_set():
+            left = first.hold_until - self.runner.monotonic()
+            if left <= 0 or not self._holding():
+                break
+            if not held:
+                held = True
+                log.debug("confirmations held: payment jobs keep this process busy",
+                          extra={"event": "notification", "outcome": "held"})
+            self._flushing.wait(min(left, CONFIRMATION_HOLD_CHECK))
 
     def _deliver(self, batch: list[_Queued]) -> None:
         runner = self._sending

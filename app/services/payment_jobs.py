@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -21,6 +22,7 @@ from typing import Protocol
 from app.domain import FailureReason, OrderStatus, check_transition, money
 from app.policies import JobsPaymentConfig
 from app.resilience import full_jitter_delay
+from app.services.load import ProcessLoad
 from app.services.ports import CaptureResult, JobPaymentGateway
 from app.services.unit_of_work import ClaimedJob, DeadLettered, Settlement, UnitOfWorkFactory
 
@@ -39,8 +41,9 @@ class ConfirmationSender(Protocol):
     def claim_until(self, now: datetime) -> datetime | None:
         """The lease the job is written with (claimed for this worker), or None to leave it to the relay."""
 
-    def send(self, job_id: int, order_id: str, kind: str) -> str:
-        """Send (or queue for sending) a job written claimed until `claim_until`; must not block for long."""
+    def send(self, job_id: int, order_id: str, kind: str, lease_until: datetime) -> str:
+        """Send (or queue for sending) a job written claimed until `lease_until` (what `claim_until` answered);
+        must not block for long."""
 
 
 @dataclass
@@ -51,6 +54,8 @@ class PaymentJobRunner:
     gateway: JobPaymentGateway
     config: JobsPaymentConfig
     confirmations: ConfirmationSender | None = None
+    # Told when a job starts and ends: best-effort work of the process gives way while jobs keep it busy.
+    load: ProcessLoad | None = None
     # Told every outcome but `skipped` (the metrics hook counts them as `payment_jobs_total`).
     on_outcome: Callable[[str], None] = field(default=lambda outcome: None)
     lease_margin: float = DEFAULT_LEASE_MARGIN
@@ -70,7 +75,7 @@ class PaymentJobRunner:
 def process_payment_job(order_id: str, *, runner: PaymentJobRunner) -> str:
     """Run the order's payment job if it is due; returns what happened (a `payment_jobs_total` outcome, or
     `skipped` when there was nothing to run)."""
-    with runner.uow.pinned():
+    with runner.uow.pinned(), runner.load.running() if runner.load is not None else nullcontext():
         return _run(order_id, runner)
 
 
@@ -203,7 +208,7 @@ def _settle(
         uow.commit()
     if confirmations is not None and claimed_until is not None and notification is not None:
         try:
-            confirmations.send(notification, job.order_id, ORDER_CONFIRMED)
+            confirmations.send(notification, job.order_id, ORDER_CONFIRMED, claimed_until)
         except Exception:  # best effort: the claimed row is the guarantee, its lease hands it to the relay
             log.warning("confirmation not handed to the sender", exc_info=True,
                         extra={"event": "notification_error", "order_id": job.order_id})

@@ -168,3 +168,23 @@ def test_the_parts_of_a_benchmark_run_on_two_databases_add_up_to_one_result(
     result = load_results(tmp_path / "results.json")["placement"]
     assert [m.group for m in result.measurements] == ["SQLite", "PostgreSQL"]
     assert "### SQLite" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_a_drain_watch_goes_on_until_the_notifications_are_sent_from_the_same_start() -> None:
+    from bench import backlog
+
+    confirmed = iter([1, 3, 3, 3, 3])
+    sent = iter([0, 1, 2, 3])
+    drain = backlog._watch(3, lambda: next(confirmed), timeout=30, then=lambda: next(sent))
+    assert (drain.done, drain.count) == (3, 3)
+    assert drain.notified_seconds is not None and drain.notified_seconds > drain.seconds
+    assert [n for _, n in drain.notified_curve] == [0, 0, 1, 2, 3]
+    assert drain.notified_cpu_seconds >= drain.cpu_seconds
+
+
+def test_a_drain_whose_notifications_do_not_all_go_out_in_time_says_so() -> None:
+    from bench import backlog
+
+    drain = backlog._watch(2, lambda: 2, timeout=0.6, then=lambda: 1)
+    assert drain.done == 2
+    assert drain.notified_seconds is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import Engine, event, select
 from app.adapters.sql.tables import notification_jobs
 from app.domain import OrderStatus
 from app.policies import JobsPaymentConfig
+from app.services.load import ProcessLoad
 from app.services.notifications import BackgroundConfirmations, NotificationRunner, send_notification_job
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
 from tests.workers.fakes import Clock, FakeJobGateway, order, place_order, uow_of
@@ -117,7 +119,7 @@ def _confirm_with_sent_notification(
 ) -> str:
     order_id = place_order(uow_of(engine), now=clock())
     runner = PaymentJobRunner(uow=uow_of(engine), gateway=FakeJobGateway(["captured"]), config=JOBS, now=clock,
-                              confirmations=confirmations)
+                              confirmations=confirmations, load=confirmations.load)
     assert process_payment_job(order_id, runner=runner) == "succeeded"
     return order_id
 
@@ -269,7 +271,7 @@ def test_worker_that_dies_before_the_send_leaves_a_lease_the_relay_takes_back(en
         def claim_until(self, now: datetime) -> datetime:
             return now + timedelta(seconds=10)
 
-        def send(self, job_id: int, order_id: str, kind: str) -> str:
+        def send(self, job_id: int, order_id: str, kind: str, lease_until: datetime) -> str:
             raise SystemExit("killed")
 
     order_id = place_order(uow_of(engine), now=clock())
@@ -299,3 +301,97 @@ def test_an_exiting_pool_process_gives_its_sender_thread_time_to_send(monkeypatc
     monkeypatch.delitem(context._contexts, os.getpid())
     tasks.send_held_confirmations(sender=None, pid=os.getpid(), exitcode=0)  # no context built: nothing to do
     assert flushed == [tasks.CONFIRMATIONS_FLUSH_SECONDS]
+
+
+class Load(ProcessLoad):
+    """A process load the test switches: saturated (a backlog of payment jobs) or not."""
+
+    def __init__(self, busy: bool) -> None:
+        super().__init__()
+        self.busy = busy
+
+    def saturated(self) -> bool:
+        return self.busy
+
+
+def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _held_confirmations(engine: Engine, *, hold: float = 60.0, max_held: int = 100, max_queued: int = 256) -> tuple[
+        Clock, Ticks, Sender, Load, BackgroundConfirmations]:
+    clock, ticks, sender, load = Clock(), Ticks(), Sender(True), Load(busy=True)
+    runner = NotificationRunner(uow=uow_of(engine), sender=sender, flags=Flags(True), now=clock, monotonic=ticks,
+                                lease_margin=15.0)
+    confirmations = BackgroundConfirmations(runner, load=load, hold=hold, max_held=max_held, max_queued=max_queued)
+    return clock, ticks, sender, load, confirmations
+
+
+def test_confirmations_written_while_payment_jobs_keep_the_process_busy_wait_for_a_quiet_moment(
+    engine: Engine,
+) -> None:
+    clock, _, sender, load, confirmations = _held_confirmations(engine, hold=60.0)
+    orders = [_confirm_with_sent_notification(engine, clock, confirmations) for _ in range(3)]
+    for order_id in orders:
+        row = _notification_row(engine, order_id)
+        # Claimed for this process under a lease that covers the hold: the relay leaves it alone meanwhile.
+        assert row.state == "running"
+        assert row.lease_until.replace(tzinfo=None) == (clock() + timedelta(seconds=1.0 + 15.0 + 60.0)).replace(
+            tzinfo=None)  # as stored: SQLite's column reads back without its zone
+    assert not _wait_for(lambda: sender.sent, timeout=0.5)  # held: the payments have the cores
+    load.busy = False  # the backlog is gone
+    assert _wait_for(lambda: len(sender.sent) == 3)
+    assert confirmations.flush(5)
+    assert [o for o, _ in sender.sent] == orders
+    assert {_notification_row(engine, o).state for o in orders} == {"done"}
+
+
+def test_a_quiet_process_sends_at_once_under_the_ordinary_lease(engine: Engine) -> None:
+    clock, _, sender, load, confirmations = _held_confirmations(engine)
+    load.busy = False
+    order_id = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert _wait_for(lambda: sender.sent == [(order_id, "order_confirmed")])
+    assert confirmations.flush(5)
+    assert _notification_row(engine, order_id).state == "done"
+    assert confirmations.claim_until(clock()) == clock() + timedelta(seconds=1.0 + 15.0)
+
+
+def test_a_held_confirmation_goes_out_once_it_has_waited_its_hold_even_if_the_process_stays_busy(
+    engine: Engine,
+) -> None:
+    clock, ticks, sender, _, confirmations = _held_confirmations(engine, hold=60.0)
+    order_id = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert not _wait_for(lambda: sender.sent, timeout=0.3)
+    ticks.now += 59.0
+    assert not _wait_for(lambda: sender.sent, timeout=0.3)
+    ticks.now += 1.5  # waited its hold out; its lease still has its margin left
+    assert _wait_for(lambda: sender.sent == [(order_id, "order_confirmed")])
+    assert confirmations.flush(5)
+    assert _notification_row(engine, order_id).state == "done"
+
+
+def test_an_exiting_process_sends_what_it_holds_at_once(engine: Engine) -> None:
+    clock, _, sender, _, confirmations = _held_confirmations(engine, hold=60.0)
+    orders = [_confirm_with_sent_notification(engine, clock, confirmations) for _ in range(2)]
+    assert not _wait_for(lambda: sender.sent, timeout=0.3)
+    assert confirmations.flush(5)  # the process is busy, but it is exiting
+    assert sorted(o for o, _ in sender.sent) == sorted(orders)
+    assert {_notification_row(engine, o).state for o in orders} == {"done"}
+
+
+def test_a_process_holds_at_most_max_held_confirmations_and_leaves_the_rest_to_the_relay(engine: Engine) -> None:
+    clock, _, sender, _, confirmations = _held_confirmations(engine, max_held=2, max_queued=1)
+    first = _confirm_with_sent_notification(engine, clock, confirmations)
+    assert _wait_for(lambda: confirmations._queue is not None and confirmations._queue.qsize() == 0)  # taken, held
+    held = [_confirm_with_sent_notification(engine, clock, confirmations) for _ in range(2)]
+    assert confirmations.claim_until(clock()) is None  # two wait behind the held one: more than max_queued too
+    overflow = _confirm_with_sent_notification(engine, clock, confirmations)
+    row = _notification_row(engine, overflow)
+    assert (row.state, row.published_at) == ("pending", None)  # the relay publishes it at once
+    assert confirmations.flush(5)
+    assert sorted(o for o, _ in sender.sent) == sorted([first, *held])
