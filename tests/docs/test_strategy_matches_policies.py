@@ -31,7 +31,7 @@ from app.resilience.backoff import constant_delay, exponential_delay
 from app.resilience.budget import DEFAULT_WINDOW
 from app.resilience.circuit_breaker import BUCKETS
 from app.resilience.pipeline import build_pipeline
-from app.services import notifications
+from app.services import load, notifications
 from app.services.flags import CACHE_SECONDS
 from app.services.notifications import NotificationRunner
 from app.services.payment_jobs import DEFAULT_LEASE_MARGIN
@@ -203,6 +203,11 @@ def constant_rows() -> Table:
         "notification.confirmation.queue": notifications.CONFIRMATION_QUEUE,
         "notification.confirmation.batch": notifications.CONFIRMATION_BATCH,
         "notification.confirmation.linger": notifications.CONFIRMATION_LINGER,
+        "notification.confirmation.hold": notifications.CONFIRMATION_HOLD,
+        "notification.confirmation.held": notifications.CONFIRMATION_HELD,
+        "load.window": load.LOAD_WINDOW,
+        "load.gap": load.LOAD_GAP,
+        "load.saturated": load.SATURATED,
         "flags.cache": CACHE_SECONDS,
         "database.wait": DB_WAIT_SECONDS,
         "api.processes": _gunicorn_setting("workers"),
