@@ -7,7 +7,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select
 
@@ -28,6 +28,8 @@ class LoadOptions:
     warmup: float = 3.0
     connections: int = 16
     profile_seconds: float = 8.0
+    heavy_connections: int = 64  # the issue's second load: 0 non-2xx under 16 and under 64 connections
+    heavy_duration: float = 8.0
 
 
 @contextmanager
@@ -213,6 +215,7 @@ def run(
                 result.notes += _profile(stack, ours_url, options, f"{group} (b)")
         finally:
             stack.set_flag(REAL_TIME_PAYMENTS, True)
+    loads.update(heavy(result, stack, group=group, options=options))
     if any(note.startswith("wrk: ") for note in result.notes):
         return loads
     result.notes.append(
@@ -221,7 +224,9 @@ def run(
         f'{options.warmup:g} s warm-up of each; body `{{"customer_id": 7, "lines": [{{"product_id": 1, '
         '"quantity": 1}]}`. The stack\'s Celery workers run throughout (relay, notifications, and in (b) the '
         "payment jobs of both ours' and the baseline's orders). Each database has a stack of its own (what "
-        "`make run` starts), and the baseline runs on the same database as ours, beside it."
+        "`make run` starts), and the baseline runs on the same database as ours, beside it. (c): ours alone, "
+        f"{options.heavy_connections} connections, {options.heavy_duration:g} s in each mode, right after (b), "
+        "the circuit isolated for the third."
     )
     return loads
 
@@ -238,3 +243,31 @@ def _profile(stack: BenchStack, url: str, options: LoadOptions, case: str) -> li
         seconds=options.profile_seconds,
     )
     return [f"{case} profile of one API process under the same load (py-spy): " + "; ".join(lines)]
+
+
+def heavy(result: BenchmarkResult, stack: BenchStack, *, group: str, options: LoadOptions) -> dict[str, LoadResult]:
+    """Ours alone under `heavy_connections` connections in each mode (healthy, flag off, circuit open): every
+    valid order must still get a 2xx."""
+    url = f"{stack.api}/api/orders"
+    connections = options.heavy_connections
+    loads: dict[str, LoadResult] = {}
+
+    def load(case: str, key: str) -> None:
+        ours = run_wrk(url, label=case, duration=options.heavy_duration, connections=connections)
+        loads[key] = ours
+        row = non_2xx_row(f"(c) {connections} connections, {case}", ours, None, baseline_name="none", group=group)
+        result.add(replace(row, note=f"{row.note}; {ours.ok_per_second:,.0f} orders/s, p99 {ours.p(99):,.0f} ms, "
+                                     f"slowest {ours.max_ms:,.0f} ms"))
+
+    load("healthy payment", "heavy_healthy")
+    stack.set_flag(REAL_TIME_PAYMENTS, False)
+    try:
+        load("flag RealTimePayments off", "heavy_flag_off")
+    finally:
+        stack.set_flag(REAL_TIME_PAYMENTS, True)
+    stack.isolate("payment")
+    try:
+        load("circuit open (isolated)", "heavy_circuit_open")
+    finally:
+        stack.reset("payment")
+    return loads
