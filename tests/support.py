@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -95,3 +96,14 @@ class FakePublisher:
 
     def dead_lettered(self, dead_letter_id: int, order_id: str) -> None:
         self.dead_letters.append((dead_letter_id, order_id))
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2) -> bool:
+    """True as soon as `predicate()` is; False once `timeout` seconds passed without it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

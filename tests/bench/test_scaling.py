@@ -13,7 +13,7 @@ import pytest
 
 from bench import scaling
 from bench.environment import DOCS
-from tests.chaos.helpers import wait_until
+from tests.support import wait_until
 
 
 def _drain(groups: int, rate: float, captures: dict[int, int]) -> scaling.GroupDrain:

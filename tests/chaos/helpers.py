@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -89,16 +89,6 @@ def circuit_state(stack: RunningStack, name: str) -> str:
 
 
 # -- waiting -------------------------------------------------------------------------------------------
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
 
 def wait_all_confirmed(stack: RunningStack, order_ids: Iterable[str], *, timeout: float) -> dict[str, str]:
     """Waits until every order is Confirmed (one shared deadline); returns the others' statuses."""

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.chaos.helpers import CONFIRMED, PENDING, circuit_state, created, scrape, set_faults, wait_until
+from tests.chaos.helpers import CONFIRMED, PENDING, circuit_state, created, scrape, set_faults
 from tests.stack import RunningStack, running_stack
+from tests.support import wait_until
 
 MINIMUM_THROUGHPUT = 4
 INVENTORY_BREAK = 1.0

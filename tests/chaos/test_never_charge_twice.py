@@ -23,8 +23,9 @@ import requests
 from sqlalchemy.engine import make_url
 
 from chaosproxy.client import ToxiproxyClient
-from tests.chaos.helpers import CONFIRMED, PENDING, api_worker_pids, set_faults, wait_all_confirmed, wait_until
+from tests.chaos.helpers import CONFIRMED, PENDING, api_worker_pids, set_faults, wait_all_confirmed
 from tests.stack import RunningStack, running_stack
+from tests.support import wait_until
 
 REQUEST_DEADLINE = 4.0
 POLICIES = f"""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +15,7 @@ from app.policies import JobsPaymentConfig
 from app.services.load import ProcessLoad
 from app.services.notifications import BackgroundConfirmations, NotificationRunner, send_notification_job
 from app.services.payment_jobs import PaymentJobRunner, process_payment_job
+from tests.support import wait_until
 from tests.workers.fakes import Clock, FakeJobGateway, order, place_order, uow_of
 
 JOBS = JobsPaymentConfig(attempt_timeout=10.0, max_retries=3, backoff_base=1.0, backoff_max=60.0)
@@ -314,15 +314,6 @@ class Load(ProcessLoad):
         return self.busy
 
 
-def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def _held_confirmations(engine: Engine, *, hold: float = 60.0, max_held: int = 100, max_queued: int = 256) -> tuple[
         Clock, Ticks, Sender, Load, BackgroundConfirmations]:
     clock, ticks, sender, load = Clock(), Ticks(), Sender(True), Load(busy=True)
@@ -343,9 +334,9 @@ def test_confirmations_written_while_payment_jobs_keep_the_process_busy_wait_for
         assert row.state == "running"
         assert row.lease_until.replace(tzinfo=None) == (clock() + timedelta(seconds=1.0 + 15.0 + 60.0)).replace(
             tzinfo=None)  # as stored: SQLite's column reads back without its zone
-    assert not _wait_for(lambda: sender.sent, timeout=0.5)  # held: the payments have the cores
+    assert not wait_until(lambda: sender.sent, timeout=0.5, interval=0.01)  # held: the payments have the cores
     load.busy = False  # the backlog is gone
-    assert _wait_for(lambda: len(sender.sent) == 3)
+    assert wait_until(lambda: len(sender.sent) == 3, timeout=5, interval=0.01)
     assert confirmations.flush(5)
     assert [o for o, _ in sender.sent] == orders
     assert {_notification_row(engine, o).state for o in orders} == {"done"}
@@ -355,7 +346,7 @@ def test_a_quiet_process_sends_at_once_under_the_ordinary_lease(engine: Engine) 
     clock, _, sender, load, confirmations = _held_confirmations(engine)
     load.busy = False
     order_id = _confirm_with_sent_notification(engine, clock, confirmations)
-    assert _wait_for(lambda: sender.sent == [(order_id, "order_confirmed")])
+    assert wait_until(lambda: sender.sent == [(order_id, "order_confirmed")], timeout=5, interval=0.01)
     assert confirmations.flush(5)
     assert _notification_row(engine, order_id).state == "done"
     assert confirmations.claim_until(clock()) == clock() + timedelta(seconds=1.0 + 15.0)
@@ -366,11 +357,11 @@ def test_a_held_confirmation_goes_out_once_it_has_waited_its_hold_even_if_the_pr
 ) -> None:
     clock, ticks, sender, _, confirmations = _held_confirmations(engine, hold=60.0)
     order_id = _confirm_with_sent_notification(engine, clock, confirmations)
-    assert not _wait_for(lambda: sender.sent, timeout=0.3)
+    assert not wait_until(lambda: sender.sent, timeout=0.3, interval=0.01)
     ticks.now += 59.0
-    assert not _wait_for(lambda: sender.sent, timeout=0.3)
+    assert not wait_until(lambda: sender.sent, timeout=0.3, interval=0.01)
     ticks.now += 1.5  # waited its hold out; its lease still has its margin left
-    assert _wait_for(lambda: sender.sent == [(order_id, "order_confirmed")])
+    assert wait_until(lambda: sender.sent == [(order_id, "order_confirmed")], timeout=5, interval=0.01)
     assert confirmations.flush(5)
     assert _notification_row(engine, order_id).state == "done"
 
@@ -378,7 +369,7 @@ def test_a_held_confirmation_goes_out_once_it_has_waited_its_hold_even_if_the_pr
 def test_an_exiting_process_sends_what_it_holds_at_once(engine: Engine) -> None:
     clock, _, sender, _, confirmations = _held_confirmations(engine, hold=60.0)
     orders = [_confirm_with_sent_notification(engine, clock, confirmations) for _ in range(2)]
-    assert not _wait_for(lambda: sender.sent, timeout=0.3)
+    assert not wait_until(lambda: sender.sent, timeout=0.3, interval=0.01)
     assert confirmations.flush(5)  # the process is busy, but it is exiting
     assert sorted(o for o, _ in sender.sent) == sorted(orders)
     assert {_notification_row(engine, o).state for o in orders} == {"done"}
@@ -387,7 +378,8 @@ def test_an_exiting_process_sends_what_it_holds_at_once(engine: Engine) -> None:
 def test_a_process_holds_at_most_max_held_confirmations_and_leaves_the_rest_to_the_relay(engine: Engine) -> None:
     clock, _, sender, _, confirmations = _held_confirmations(engine, max_held=2, max_queued=1)
     first = _confirm_with_sent_notification(engine, clock, confirmations)
-    assert _wait_for(lambda: confirmations._queue is not None and confirmations._queue.qsize() == 0)  # taken, held
+    assert wait_until(lambda: confirmations._queue is not None and confirmations._queue.qsize() == 0, timeout=5,
+                      interval=0.01)  # taken, held
     held = [_confirm_with_sent_notification(engine, clock, confirmations) for _ in range(2)]
     assert confirmations.claim_until(clock()) is None  # two wait behind the held one: more than max_queued too
     overflow = _confirm_with_sent_notification(engine, clock, confirmations)
