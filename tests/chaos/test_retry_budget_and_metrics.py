@@ -21,9 +21,9 @@ from tests.chaos.helpers import (
     set_faults,
     timed_order,
     total,
-    wait_until,
 )
 from tests.stack import RunningStack, running_stack
+from tests.support import wait_until
 
 MAX_RETRIES = 3
 RATIO = 0.1
